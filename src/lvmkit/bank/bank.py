@@ -1,0 +1,218 @@
+"""The vector bank: one directory holding everything about one set of chunk vectors.
+
+    BANK/
+      vectors.npy      float32 or float16 [N, d], memory-mapped on load; row i is chunk_id i
+      chunks.parquet   chunk_id, article_id, title, chunk_index, paragraph_index, heading, text, label
+      manifest.json    BankManifest (encoder, chunker, corpus hash, counts, index parameters)
+      index.faiss      optional FAISS index (see lvmkit.bank.index)
+
+Invariants checked on open: rows are grouped by article in corpus order and each article's chunks have
+chunk_index 0..n-1 in row order, so "the chunk after row r" is row r+1 when both share an article. The
+truth of any retrieval query is therefore a chunk id (= row), never "the row most similar to the target".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lvmkit.artifacts import atomic_path, read_json, write_json, write_npy
+from lvmkit.bank.manifest import BankManifest, EncoderInfo, check_same_space
+from lvmkit.errors import ArtifactError
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.int64()),
+        ("article_id", pa.string()),
+        ("title", pa.string()),
+        ("chunk_index", pa.int32()),
+        ("paragraph_index", pa.int32()),
+        ("heading", pa.string()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+    ]
+)
+
+
+def text_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class VectorBank:
+    """A read-only view of a bank directory. Create one with ``VectorBank.write`` or ``lvmkit ingest``."""
+
+    VECTORS = "vectors.npy"
+    CHUNKS = "chunks.parquet"
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: Path, manifest: BankManifest, vectors: np.ndarray, chunks: pa.Table):
+        self.path = path
+        self.manifest = manifest
+        self.vectors = vectors
+        self.chunks = chunks
+        self._index = None
+
+    # ----------------------------------------------------------------------------------------- creation
+    @classmethod
+    def write(cls, path: str | Path, vectors: np.ndarray, chunks: pa.Table, manifest: BankManifest) -> VectorBank:
+        """Write a bank atomically (file by file; the manifest is written last and marks completion)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / cls.MANIFEST).unlink(missing_ok=True)  # an incomplete bank has no manifest
+        if "chunk_id" not in chunks.column_names:
+            chunks = chunks.append_column("chunk_id", pa.array(np.arange(len(chunks), dtype=np.int64)))
+        chunks = chunks.select(CHUNK_SCHEMA.names).cast(CHUNK_SCHEMA)
+        write_npy(path / cls.VECTORS, vectors)
+        with atomic_path(path / cls.CHUNKS, suffix=".parquet") as tmp:
+            pq.write_table(chunks, tmp)
+        manifest = manifest.model_copy(update={"count": len(chunks), "vector_dtype": str(vectors.dtype)})
+        write_json(path / cls.MANIFEST, manifest.model_dump(mode="json"))
+        return cls.open(path)
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def open(cls, path: str | Path, expect: EncoderInfo | None = None, expect_what: str = "the model") -> VectorBank:
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"no bank at {path}: expected a directory made by `lvmkit ingest`")
+        mpath = path / cls.MANIFEST
+        if not mpath.exists():
+            raise ArtifactError(
+                f"{path} has no {cls.MANIFEST}: the bank is incomplete (an interrupted ingest?). "
+                "Re-run the same `lvmkit ingest` command to resume it."
+            )
+        try:
+            manifest = BankManifest.model_validate(read_json(mpath))
+        except Exception as e:  # pydantic error or bad JSON
+            raise ArtifactError(f"{mpath} is not a valid bank manifest: {e}") from e
+        if expect is not None:
+            check_same_space(manifest.encoder, expect, f"bank {path}", expect_what)
+        try:
+            vectors = np.load(path / cls.VECTORS, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot read {path / cls.VECTORS}: {e}") from e
+        chunks = pq.read_table(path / cls.CHUNKS)
+        bank = cls(path, manifest, vectors, chunks)
+        bank.validate()
+        return bank
+
+    def validate(self, check_norms: bool = True) -> None:
+        m, v = self.manifest, self.vectors
+        where = f"bank {self.path}"
+        if v.ndim != 2:
+            raise ArtifactError(f"{where}: vectors.npy has shape {v.shape}, expected [N, d]")
+        if v.shape[0] != m.count or len(self.chunks) != m.count:
+            raise ArtifactError(
+                f"{where}: manifest says {m.count} chunks, vectors.npy has {v.shape[0]} rows and "
+                f"chunks.parquet {len(self.chunks)} rows"
+            )
+        if v.shape[1] != m.encoder.dim:
+            raise ArtifactError(f"{where}: vectors are {v.shape[1]}-d but the encoder {m.encoder.name} is {m.encoder.dim}-d")
+        if v.dtype not in (np.float32, np.float16):
+            raise ArtifactError(f"{where}: vectors dtype {v.dtype}; expected float32 or float16")
+        if str(v.dtype) != m.vector_dtype:
+            raise ArtifactError(f"{where}: vectors are {v.dtype} but the manifest says {m.vector_dtype}")
+        ids = self.chunks.column("chunk_id").to_numpy()
+        if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
+            raise ArtifactError(f"{where}: chunk_id must equal the row number")
+        ci = self.chunk_index
+        starts = self.article_starts
+        expected = np.arange(len(ci)) - np.repeat(starts[:-1], np.diff(starts))
+        if not np.array_equal(ci, expected):
+            bad = int(np.flatnonzero(ci != expected)[0])
+            raise ArtifactError(f"{where}: chunk_index is not 0..n-1 within its article at row {bad}")
+        if check_norms and m.encoder.normalized and len(v):
+            sample = np.asarray(v[:: max(1, len(v) // 2000)], dtype=np.float32)
+            norms = np.linalg.norm(sample, axis=1)
+            tol = 2e-2 if v.dtype == np.float16 else 1e-3
+            if np.abs(norms - 1).max() > tol:
+                raise ArtifactError(f"{where}: manifest says L2-normalised but sampled norms range {norms.min():.4f}..{norms.max():.4f}")
+
+    # ------------------------------------------------------------------------------------ structure
+    def __len__(self) -> int:
+        return int(self.manifest.count)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest.encoder.dim)
+
+    @property
+    def encoder(self) -> EncoderInfo:
+        return self.manifest.encoder
+
+    @cached_property
+    def article_ids(self) -> np.ndarray:
+        """Article id string per row (object array)."""
+        return self.chunks.column("article_id").to_numpy(zero_copy_only=False)
+
+    @cached_property
+    def article_codes(self) -> np.ndarray:
+        """Dense article number 0..A-1 per row, in bank order (int32)."""
+        aid = self.chunks.column("article_id")
+        if len(aid) == 0:
+            return np.zeros(0, dtype=np.int32)
+        change = np.empty(len(aid), dtype=bool)
+        change[0] = True
+        change[1:] = pc.not_equal(aid.slice(1), aid.slice(0, len(aid) - 1)).to_numpy(zero_copy_only=False)
+        codes = np.cumsum(change, dtype=np.int64) - 1
+        return codes.astype(np.int32)
+
+    @cached_property
+    def article_starts(self) -> np.ndarray:
+        """Row offsets [A+1]: article a occupies rows article_starts[a] .. article_starts[a+1]-1."""
+        codes = self.article_codes
+        if len(codes) == 0:
+            return np.zeros(1, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        return np.r_[starts, len(codes)].astype(np.int64)
+
+    @property
+    def n_articles(self) -> int:
+        return len(self.article_starts) - 1
+
+    @cached_property
+    def chunk_index(self) -> np.ndarray:
+        return self.chunks.column("chunk_index").to_numpy().astype(np.int64)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self.chunks.column("label").to_numpy(zero_copy_only=False)
+
+    def texts(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        return self.chunks.column("text").take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def titles(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        return self.chunks.column("title").take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copy of the given rows (memmap-friendly: sorted gather)."""
+        return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
+
+    # --------------------------------------------------------------------------------------- search
+    def index(self):
+        """The bank's search index: the stored FAISS index if one was built, else exact inner product."""
+        if self._index is None:
+            from lvmkit.bank.index import load_or_flat
+
+            self._index = load_or_flat(self)
+        return self._index
+
+    def search(self, queries: np.ndarray, k: int, exclude=None, nprobe: int | None = None):
+        """Top-k chunk ids and inner-product scores for each query, over the whole bank.
+
+        ``exclude``: per query, chunk ids that must not be returned (e.g. the query's own context);
+        an int array [Q, E] padded with -1, or a list of arrays. Returns (scores [Q,k], ids [Q,k]),
+        ids padded with -1 when fewer than k candidates exist.
+        """
+        return self.index().search(queries, k, exclude=exclude, nprobe=nprobe)
