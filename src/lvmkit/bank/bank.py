@@ -14,7 +14,7 @@ truth of any retrieval query is therefore a chunk id (= row), never "the row mos
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -41,7 +41,9 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
-def text_hash(texts: Sequence[str]) -> str:
+def text_hash(texts: Iterable[str]) -> str:
+    """sha256 over the texts in order (each UTF-8 encoded, NUL-terminated); accepts any iterable, so a
+    generator can hash a bank's texts shard by shard."""
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -65,7 +67,9 @@ class VectorBank:
 
     # ----------------------------------------------------------------------------------------- creation
     @classmethod
-    def write(cls, path: str | Path, vectors: np.ndarray, chunks: pa.Table, manifest: BankManifest) -> VectorBank:
+    def write(
+        cls, path: str | Path, vectors: np.ndarray, chunks: pa.Table, manifest: BankManifest
+    ) -> VectorBank:
         """Write a bank atomically (file by file; the manifest is written last and marks completion)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,9 @@ class VectorBank:
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
-    def open(cls, path: str | Path, expect: EncoderInfo | None = None, expect_what: str = "the model") -> VectorBank:
+    def open(
+        cls, path: str | Path, expect: EncoderInfo | None = None, expect_what: str = "the model"
+    ) -> VectorBank:
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"no bank at {path}: expected a directory made by `lvmkit ingest`")
@@ -118,7 +124,9 @@ class VectorBank:
                 f"chunks.parquet {len(self.chunks)} rows"
             )
         if v.shape[1] != m.encoder.dim:
-            raise ArtifactError(f"{where}: vectors are {v.shape[1]}-d but the encoder {m.encoder.name} is {m.encoder.dim}-d")
+            raise ArtifactError(
+                f"{where}: vectors are {v.shape[1]}-d but the encoder {m.encoder.name} is {m.encoder.dim}-d"
+            )
         if v.dtype not in (np.float32, np.float16):
             raise ArtifactError(f"{where}: vectors dtype {v.dtype}; expected float32 or float16")
         if str(v.dtype) != m.vector_dtype:
@@ -137,7 +145,9 @@ class VectorBank:
             norms = np.linalg.norm(sample, axis=1)
             tol = 2e-2 if v.dtype == np.float16 else 1e-3
             if np.abs(norms - 1).max() > tol:
-                raise ArtifactError(f"{where}: manifest says L2-normalised but sampled norms range {norms.min():.4f}..{norms.max():.4f}")
+                raise ArtifactError(
+                    f"{where}: manifest says L2-normalised but sampled norms range {norms.min():.4f}..{norms.max():.4f}"
+                )
 
     # ------------------------------------------------------------------------------------ structure
     def __len__(self) -> int:

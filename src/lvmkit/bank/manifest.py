@@ -40,6 +40,7 @@ class CorpusInfo(BaseModel):
     source: str
     format: str
     content_hash: str  # sha256 over the chunk texts in bank order (what the vectors were computed from)
+    source_hash: str | None = None  # sha256 of the raw input files (lvmkit.corpus.corpus_source_hash)
     articles: int
     skipped: dict[str, int] = Field(default_factory=dict)
 
@@ -51,7 +52,9 @@ class BankManifest(BaseModel):
     corpus: CorpusInfo
     count: int  # number of chunks == rows of vectors.npy
     vector_dtype: str = "float32"
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     index: dict[str, Any] | None = None  # parameters of the FAISS index stored beside the vectors
 
     @property
