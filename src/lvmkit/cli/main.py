@@ -1,0 +1,29 @@
+"""The ``lvmkit`` command line (entry point ``lvmkit.cli.main:app``; also ``python -m lvmkit.cli.main``).
+
+Adding commands: write them in a module under ``lvmkit/cli/`` (a function per command, or a Typer made
+with ``lvmkit.cli.common.make_app`` for a group like ``lvmkit index build``), then register them in the
+block below with one line each. Keep heavy imports (torch, faiss, encoders) inside the command bodies so
+``lvmkit --help`` stays fast. Raise ``lvmkit.errors.LvmkitError`` for user errors: the root group prints
+them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
+"""
+
+from __future__ import annotations
+
+from lvmkit.cli import bank
+from lvmkit.cli.common import LvmkitGroup, make_app
+
+app = make_app(
+    cls=LvmkitGroup,
+    help="lvmkit: vector-native language modeling (next-chunk embedding prediction), evaluated honestly.",
+)
+
+# ---- commands: one line each ------------------------------------------------------------------------
+app.command("ingest")(bank.ingest)
+app.add_typer(bank.index_app, name="index")
+app.command("search")(bank.search)
+app.add_typer(bank.bank_app, name="bank")
+# ------------------------------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    app()
