@@ -1,0 +1,74 @@
+"""Build any model of the zoo by name: ``build_model("gru", dim=384, hidden=256, delta=True)``.
+
+The options a model accepts are exactly its constructor's keyword arguments (after ``dim``), so a typo in a
+config is caught here with a message that lists what that model does accept. The built model carries
+``model.spec`` (name, dim and every option, defaults filled in): ``build_model(**model.spec)`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from lvmkit.errors import ConfigError
+from lvmkit.models.baselines import CopyLast, ExpWeighted, MeanCtx, Ridge
+
+_MODELS: dict[str, type[nn.Module]] = {
+    "copy_last": CopyLast,
+    "mean_ctx": MeanCtx,
+    "exp_weighted": ExpWeighted,
+    "ridge": Ridge,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+BASELINE_NAMES: tuple[str, ...] = ("copy_last", "mean_ctx", "exp_weighted", "ridge")
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``name`` accepts and their defaults, read from its constructor signature."""
+    cls = _model_class(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # skip self, dim
+    return {p.name: p.default for p in params if p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def build_model(name: str, dim: int, **kwargs: Any) -> nn.Module:
+    """A fresh model ``name`` for ``dim``-d vectors. Unknown names or options raise ConfigError."""
+    options = model_options(name)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        allowed = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ConfigError(f"model {name!r} has no option {unknown[0]!r}; options for {name} are: {allowed}")
+    try:
+        model = _model_class(name)(int(dim), **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {e}") from e
+    model.spec = {"name": name, "dim": int(dim), **options, **kwargs}
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of parameter elements (only those with requires_grad unless trainable_only=False)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe(model: nn.Module) -> str:
+    """One line: name, dimension, parameter count and options, e.g. for a run log or a results table."""
+    spec = dict(getattr(model, "spec", {}))
+    name = spec.pop("name", type(model).__name__)
+    dim = spec.pop("dim", getattr(model, "dim", "?"))
+    n = count_parameters(model)
+    line = f"{name} (dim {dim}): {n:,} trainable parameters"
+    if not getattr(model, "trainable", True):
+        fitted = sum(b.numel() for b in model.buffers())
+        line += f", baseline{f' with {fitted:,} fitted values' if fitted else ''}"
+    if spec:
+        line += "; " + ", ".join(f"{k}={v}" for k, v in spec.items())
+    return line
+
+
+def _model_class(name: str) -> type[nn.Module]:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}") from None
