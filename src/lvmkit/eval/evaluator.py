@@ -1,0 +1,556 @@
+"""The evaluator: one function that every part of lvmkit uses to score a next-chunk predictor.
+
+    result = evaluate(model, windows, bank)             # a model, a WindowSet, the VectorBank
+    suite = evaluate_suite({"gru": model}, windows, bank, train_windows=train)
+    print(format_table(suite))
+
+For each window the predictor's output vector is searched against the WHOLE bank and the truth is the
+window's target chunk id. The window's own context rows are excluded from the candidates by default
+(they are the easiest wrong answers and say nothing about prediction); the same search also yields the
+ranking with them left in, so both are reported and the flag says which one ``hit@k`` means. Every rate
+comes with a 95% bootstrap interval over queries, and ``evaluate_suite`` puts each model beside the
+baselines (copy-last, mean of context, exponentially weighted context, ridge) and the oracle, on the
+same windows, with a paired interval on the difference to the best baseline.
+
+Metric names (the keys of ``EvalResult.metrics``, usable in gates):
+    hit@k            R@k: truth among the top k (context excluded if ``exclude_context``), for k in ``ks``
+    hit@k_excl       ... with the window's context rows removed from the candidates
+    hit@k_noexcl     ... with them left in
+    contain@50       truth among the first 50 candidates (the ceiling of a reranker over 50)
+    eff@5            hit@5 / contain@50
+    mrr@10           mean reciprocal rank, 0 beyond rank 10
+    cos              mean cosine(prediction, target vector)
+    ca_inbatch       contrastive accuracy, distractors = the other targets of a batch of ``ca_batch``
+                     windows, minus the target's neighbours n-1 and n+1 from the same article
+    ca_other         the same, with distractors from other articles only
+    offset_margin    c_0 - max_{k != 0} c_k of the offset sweep (see ``metrics.offset_sweep``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lvmkit.bank.bank import VectorBank
+from lvmkit.bank.index import SearchIndex, exact_index
+from lvmkit.errors import ConfigError, ProvenanceError
+from lvmkit.eval import metrics as M
+from lvmkit.eval.bootstrap import bootstrap_ci, bootstrap_ratio_ci, paired_diff_ci
+
+INDEX_CHOICES = (None, "flat", "ivf", "hnsw")
+CONTAIN_K = 50
+MRR_K = 10
+BASELINES: dict[str, dict[str, Any]] = {
+    "copy_last": {},
+    "mean_ctx": {},
+    "exp_weighted": {"alpha": 0.1},
+    "ridge": {},
+}
+ORACLE = "oracle"
+
+Progress = Callable[[int, int], None]  # progress(done, total), called after each batch
+
+
+# ------------------------------------------------------------------------------------------ predictors
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def oracle(batch) -> np.ndarray:
+    """The oracle predictor: returns the target vector itself. Its hit@k measures the index's ceiling
+    (1.0 for exact search; below 1.0 for an approximate index, or when duplicate vectors tie)."""
+    return _numpy(batch.target).astype(np.float32, copy=False)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+class _Predict:
+    """Uniform call interface: ``fn(batch) -> float32 [B, d]`` for an nn.Module or a plain callable.
+
+    A module is put in eval mode for the duration of a ``with`` block and restored afterwards, so the
+    trainer can call the evaluator mid-training; forward passes run under ``torch.no_grad``.
+    """
+
+    def __init__(self, predictor):
+        if isinstance(predictor, torch.nn.Module):
+            self.module, self.fn = predictor, None
+        elif callable(predictor):
+            self.module, self.fn = None, predictor
+        else:
+            raise ConfigError(
+                f"a predictor must be an nn.Module (forward(ctx, mask) -> [B, d]) or a callable on a window "
+                f"batch returning [B, d]; got {type(predictor).__name__}"
+            )
+
+    def __enter__(self) -> _Predict:
+        if self.module is not None:
+            self._was_training = self.module.training
+            self.module.eval()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.module is not None:
+            self.module.train(self._was_training)
+
+    def __call__(self, batch) -> np.ndarray:
+        if self.fn is not None:
+            return _numpy(self.fn(batch)).astype(np.float32, copy=False)
+        device = _module_device(self.module)
+        with torch.no_grad():
+            out = self.module(
+                torch.as_tensor(batch.ctx, device=device), torch.as_tensor(batch.mask, device=device)
+            )
+        return out.float().cpu().numpy()
+
+
+def _batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
+    for s in range(0, n, batch_size):
+        yield np.arange(s, min(n, s + batch_size))
+
+
+# ---------------------------------------------------------------------------------------------- search
+def resolve_index(bank: VectorBank, index: str | None) -> SearchIndex:
+    """The index to search: the bank's own (None), an explicit exact one ("flat"), or the bank's stored
+    approximate index, which must be of the requested type ("ivf", "hnsw")."""
+    if index not in INDEX_CHOICES:
+        raise ConfigError(
+            f"index={index!r} is not allowed; choose one of {', '.join(map(str, INDEX_CHOICES))}"
+        )
+    if index == "flat":
+        return exact_index(bank.vectors)
+    si = bank.index()
+    if index is not None and si.params.get("type") != index:
+        raise ConfigError(
+            f"index={index!r} was asked for but bank {bank.path} has a {si.params.get('type')} index; build one "
+            f"with `lvmkit index build --type {index}` or use index='flat' for exact search"
+        )
+    return si
+
+
+def _nprobe_of(si: SearchIndex) -> int | None:
+    if si.params.get("type") == "ivf":
+        import faiss
+
+        return int(faiss.extract_index_ivf(si.faiss).nprobe)
+    if si.params.get("type") == "hnsw":
+        return int(si.faiss.hnsw.efSearch)
+    return None
+
+
+def rank_with_and_without(
+    si: SearchIndex, queries: np.ndarray, exclude_rows: np.ndarray, depth: int, nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ranked ids with ``exclude_rows`` removed, ranked ids with them left in), each [Q, depth], -1 padded.
+
+    One search of depth + E (E = exclusions per query) serves both: dropping at most E ids from it still
+    leaves ``depth`` candidates whenever the bank has them.
+    """
+    q = len(queries)
+    _, ids = si.search(queries, depth + exclude_rows.shape[1], nprobe=nprobe)
+    if ids.shape[1] < depth + exclude_rows.shape[1]:  # bank smaller than the request
+        ids = np.concatenate([ids, np.full((q, depth + exclude_rows.shape[1] - ids.shape[1]), -1)], axis=1)
+    ids = ids.astype(np.int64)
+    drop = (ids[:, :, None] == exclude_rows[:, None, :]).any(-1) | (ids < 0)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :depth]
+    kept = ~np.take_along_axis(drop, order, axis=1)
+    return np.where(kept, np.take_along_axis(ids, order, axis=1), -1), ids[:, :depth]
+
+
+# ---------------------------------------------------------------------------------------------- result
+@dataclass
+class EvalResult:
+    """Everything one evaluation measured. ``per_query`` keeps the per-window arrays (for paired tests)."""
+
+    name: str
+    metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    info: dict[str, Any]
+    offsets: dict[str, Any]
+    by_label: list[dict[str, Any]] = field(default_factory=list)
+    per_query: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (per-query arrays left out)."""
+        return {
+            "name": self.name,
+            "metrics": self.metrics,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "info": self.info,
+            "offsets": self.offsets,
+            "by_label": self.by_label,
+        }
+
+    def row(self) -> dict[str, Any]:
+        """One flat dict for a table or a gate check: name, metrics, ``<metric>_lo/_hi``, key info."""
+        out: dict[str, Any] = {"name": self.name}
+        out.update(self.metrics)
+        for k, (lo, hi) in self.intervals.items():
+            out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+        for k in ("n_queries", "bank_size", "index", "nprobe", "exclude_context", "ca_batch", "collapse"):
+            out[k] = self.info.get(k)
+        return out
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def _check_windows(windows, bank: VectorBank) -> None:
+    wbank = getattr(windows, "bank", None)
+    if wbank is not None and wbank is not bank and wbank.manifest.bank_id != bank.manifest.bank_id:
+        raise ProvenanceError(
+            f"the windows index bank {wbank.path} (id {wbank.manifest.bank_id}) but the evaluation searches bank "
+            f"{bank.path} (id {bank.manifest.bank_id}); target chunk ids would not match. Build the windows "
+            "from the bank you evaluate on."
+        )
+
+
+def _contrastive(pred, target, target_ids, codes, ca_batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window CA under both protocols, over a seeded shuffle of the windows cut into ca_batch blocks."""
+    n = len(pred)
+    inbatch, other = np.full(n, np.nan), np.full(n, np.nan)
+    perm = np.random.default_rng(seed).permutation(n)
+    for s in range(0, n, ca_batch):
+        b = perm[s : s + ca_batch]
+        t = target_ids[b]
+        same_article = codes[t][:, None] == codes[t][None, :]
+        near = same_article & (np.abs(t[:, None] - t[None, :]) <= 1)  # itself and its n-1, n+1 neighbours
+        inbatch[b] = M.contrastive_accuracy(pred[b], target[b], target[b], ~near)
+        other[b] = M.contrastive_accuracy(pred[b], target[b], target[b], ~same_article)
+    return inbatch, other
+
+
+def _by_label(labels: np.ndarray, hit5: np.ndarray, cos: np.ndarray) -> list[dict[str, Any]]:
+    names = np.array(["(none)" if x is None else str(x) for x in labels], dtype=object)
+    rows = []
+    for name in np.unique(names):
+        sel = names == name
+        rows.append(
+            {
+                "label": name,
+                "n": int(sel.sum()),
+                "hit@5": float(hit5[sel].mean()),
+                "cos": float(cos[sel].mean()),
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["n"], r["label"]))
+
+
+def evaluate(
+    predictor,
+    windows,
+    bank: VectorBank,
+    *,
+    ks: tuple[int, ...] = (1, 5, 10, 50),
+    exclude_context: bool = True,
+    index: str | None = None,
+    nprobe: int | None = None,
+    batch_size: int = 256,
+    ca_batch: int = 256,
+    labels: bool = True,
+    progress: Progress | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    name: str = "model",
+) -> EvalResult:
+    """Score ``predictor`` on ``windows`` by full-bank search; see the module docstring for the metrics.
+
+    predictor   an nn.Module (``forward(ctx, mask) -> [B, d]``), or a callable on a ``WindowBatch``
+                returning [B, d] (numpy or torch); ``oracle`` is one
+    index       None: the bank's stored index (exact when none is stored); "flat": an explicit exact
+                index; "ivf" / "hnsw": the bank's stored index, which must be of that type
+    nprobe      IVF nprobe (HNSW efSearch) for this evaluation; the index's setting is restored after
+    ca_batch    batch size of the contrastive-accuracy protocols (stated in the result)
+    n_boot      bootstrap resamples per interval (0: no intervals)
+    progress    ``progress(done, total)`` after each batch of windows
+    """
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"ks must be positive integers, got {ks}")
+    if batch_size < 1 or ca_batch < 2:
+        raise ConfigError(f"batch_size must be >= 1 and ca_batch >= 2, got {batch_size} and {ca_batch}")
+    n = len(windows)
+    if n == 0:
+        raise ConfigError(
+            "no windows to evaluate: the split is empty or every article is shorter than min_ctx"
+        )
+    _check_windows(windows, bank)
+    si = resolve_index(bank, index)
+    saved_nprobe = _nprobe_of(si)
+    depth = max(*ks, CONTAIN_K, MRR_K)
+
+    preds, targets, target_ids, excl, noexcl = [], [], [], [], []
+    try:
+        with _Predict(predictor) as predict:
+            for idx in _batches(n, batch_size):
+                batch = windows.batch(idx)
+                p = predict(batch)
+                if p.shape != (len(idx), bank.dim):
+                    raise ConfigError(
+                        f"{name}: predictor returned shape {p.shape}, expected ({len(idx)}, {bank.dim})"
+                    )
+                ctx_rows = np.asarray(windows.context_rows(idx), dtype=np.int64)
+                e, ne = rank_with_and_without(si, p, ctx_rows, depth, nprobe=nprobe)
+                preds.append(p)
+                targets.append(_numpy(batch.target).astype(np.float32, copy=False))
+                target_ids.append(_numpy(batch.target_ids).astype(np.int64, copy=False))
+                excl.append(e)
+                noexcl.append(ne)
+                if progress is not None:
+                    progress(int(idx[-1]) + 1, n)
+        used_nprobe = _nprobe_of(si)
+    finally:
+        si.set_nprobe(saved_nprobe)
+    pred, target, truth = np.concatenate(preds), np.concatenate(targets), np.concatenate(target_ids)
+    ranked_excl, ranked_noexcl = np.concatenate(excl), np.concatenate(noexcl)
+    ranked = ranked_excl if exclude_context else ranked_noexcl
+
+    pq: dict[str, np.ndarray] = {}
+    for k in sorted(set(ks) | {5}):
+        pq[f"hit@{k}"] = M.hit_at_k(ranked, truth, k)
+        pq[f"hit@{k}_excl"] = M.hit_at_k(ranked_excl, truth, k)
+        pq[f"hit@{k}_noexcl"] = M.hit_at_k(ranked_noexcl, truth, k)
+    pq[f"contain@{CONTAIN_K}"] = M.contain_at_k(ranked, truth, CONTAIN_K)
+    pq[f"mrr@{MRR_K}"] = M.mrr_at_k(ranked, truth, MRR_K)
+    pq["cos"] = M.mean_cosine(pred, target)
+    codes = np.asarray(bank.article_codes)
+    pq["ca_inbatch"], pq["ca_other"] = _contrastive(pred, target, truth, codes, ca_batch, seed)
+    sweep = M.offset_sweep(pred, bank.vectors, truth, codes)
+
+    metrics = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in pq.items()}
+    metrics["eff@5"] = M.eff_at_5(pq["hit@5"], pq[f"contain@{CONTAIN_K}"])
+    metrics["offset_margin"] = sweep.margin
+    intervals: dict[str, tuple[float, float]] = {}
+    if n_boot > 0:
+        for k, v in pq.items():
+            intervals[k] = bootstrap_ci(v, n_boot=n_boot, seed=seed)[1:]
+        intervals["eff@5"] = bootstrap_ratio_ci(
+            pq["hit@5"], pq[f"contain@{CONTAIN_K}"], n_boot=n_boot, seed=seed
+        )[1:]
+
+    by_label = []
+    if labels:
+        target_labels = bank.labels[truth]
+        if any(x is not None for x in target_labels):
+            by_label = _by_label(target_labels, pq["hit@5"], pq["cos"])
+
+    info = {
+        "n_queries": int(n),
+        "bank_size": len(bank),
+        "bank_id": bank.manifest.bank_id,
+        "encoder": bank.encoder.name,
+        "index": si.params.get("type"),
+        "nprobe": used_nprobe,
+        "exclude_context": bool(exclude_context),
+        "ks": list(ks),
+        "ca_batch": int(ca_batch),
+        "collapse": sweep.collapse,
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+    }
+    pq["offset_cos"] = sweep.cos
+    return EvalResult(name, metrics, intervals, info, sweep.to_dict(), by_label, pq)
+
+
+# ---------------------------------------------------------------------------------------------- suite
+@dataclass(frozen=True)
+class Comparison:
+    """Paired difference of one model against the best baseline on the same windows."""
+
+    model: str
+    baseline: str
+    metric: str
+    diff: float
+    lo: float
+    hi: float
+
+    @property
+    def verdict(self) -> str:
+        if self.lo > 0:
+            return "better"
+        if self.hi < 0:
+            return "worse"
+        return "no clear difference"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "verdict": self.verdict}
+
+
+class SuiteResult(Mapping):
+    """``{name: EvalResult}`` for the models, the baselines and the oracle, plus ``comparisons`` (each model
+    vs the best baseline, paired) and ``skipped`` ({name: reason})."""
+
+    def __init__(
+        self, results: dict[str, EvalResult], comparisons: list[Comparison], skipped: dict[str, str]
+    ):
+        self.results, self.comparisons, self.skipped = results, comparisons, skipped
+
+    def __getitem__(self, name: str) -> EvalResult:
+        return self.results[name]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": {k: v.to_dict() for k, v in self.results.items()},
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "skipped": self.skipped,
+        }
+
+
+def fit_ridge(train_windows, dim: int, max_train: int = 20_000, seed: int = 0):
+    """The ridge baseline fitted on up to ``max_train`` training windows, sampled deterministically."""
+    from lvmkit.models import build_model
+
+    n = len(train_windows)
+    if n == 0:
+        raise ConfigError("train_windows is empty: ridge needs training windows to fit")
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_train), replace=False))
+    batch = train_windows.batch(idx)
+    model = build_model("ridge", dim, **BASELINES["ridge"])
+    model.fit(batch.ctx, batch.mask, batch.target)
+    return model
+
+
+def evaluate_suite(
+    models: Mapping[str, Any],
+    windows,
+    bank: VectorBank,
+    train_windows=None,
+    *,
+    ridge_max_train: int = 20_000,
+    compare_on: str = "hit@5",
+    **kwargs,
+) -> SuiteResult:
+    """Evaluate the named models AND the baselines and the oracle on the same windows (see ``evaluate``
+    for ``kwargs``). Ridge is fitted on ``train_windows`` and skipped, with the reason recorded, without
+    them. Each model is compared with the best baseline on ``compare_on`` by a paired bootstrap."""
+    from lvmkit.models import build_model
+
+    clash = sorted(set(models) & (set(BASELINES) | {ORACLE}))
+    if clash:
+        raise ConfigError(f"model name(s) {clash} collide with the built-in baselines; rename them")
+    seed = int(kwargs.get("seed", 0))
+    predictors: dict[str, Any] = dict(models)
+    skipped: dict[str, str] = {}
+    for name, kw in BASELINES.items():
+        if name == "ridge":
+            if train_windows is None:
+                skipped[name] = "no train_windows given (ridge must be fitted on training windows)"
+                continue
+            if getattr(train_windows, "bank", None) is not None:
+                from lvmkit.bank.manifest import check_same_space
+
+                check_same_space(
+                    train_windows.bank.encoder, bank.encoder, "train_windows' bank", "the eval bank"
+                )
+            predictors[name] = fit_ridge(train_windows, bank.dim, ridge_max_train, seed)
+        else:
+            predictors[name] = build_model(name, bank.dim, **kw)
+    predictors[ORACLE] = oracle
+
+    results = {name: evaluate(p, windows, bank, name=name, **kwargs) for name, p in predictors.items()}
+    baselines = [b for b in BASELINES if b in results]
+    best = max(baselines, key=lambda b: results[b].metrics[compare_on])
+    n_boot = int(kwargs.get("n_boot", 1000)) or 1000
+    comparisons = []
+    for name in models:
+        d, lo, hi = paired_diff_ci(
+            results[name].per_query[compare_on], results[best].per_query[compare_on], n_boot=n_boot, seed=seed
+        )
+        comparisons.append(Comparison(name, best, compare_on, d, lo, hi))
+    return SuiteResult(results, comparisons, skipped)
+
+
+# ---------------------------------------------------------------------------------------------- table
+TABLE_COLUMNS = (
+    "hit@1",
+    "hit@5",
+    "hit@10",
+    "hit@50",
+    "contain@50",
+    "eff@5",
+    "mrr@10",
+    "cos",
+    "ca_inbatch",
+    "ca_other",
+)
+
+
+def _cell(r: EvalResult, key: str) -> str:
+    v = r.metrics.get(key)
+    if v is None:
+        return ""
+    if np.isnan(v):
+        return "nan"
+    scale, fmt = (100, "{:.1f}") if key.startswith(("hit@", "contain@", "eff@", "ca_")) else (1, "{:.3f}")
+    text = fmt.format(v * scale)
+    if key in r.intervals and not np.isnan(r.intervals[key][0]):
+        lo, hi = r.intervals[key]
+        text += f" ({fmt.format(lo * scale)}-{fmt.format(hi * scale)})"
+    return text
+
+
+def format_table(results: Mapping[str, EvalResult]) -> str:
+    """A Markdown table (rates in %, 95% bootstrap intervals in parentheses), the evaluation settings,
+    and, for a ``SuiteResult``, the paired comparisons and skipped baselines."""
+    if not results:
+        return "(no results)"
+    first = next(iter(results.values()))
+    cols = [c for c in TABLE_COLUMNS if any(c in r.metrics for r in results.values())]
+    lines = [
+        "| model | " + " | ".join(cols) + " | offset margin | n |",
+        "|---|" + "---:|" * (len(cols) + 2),
+    ]
+    for name, r in results.items():
+        flag = " (collapse)" if r.info.get("collapse") else ""
+        cells = [_cell(r, c) for c in cols]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {r.metrics['offset_margin']:.3f}{flag} | {r.info['n_queries']} |"
+        )
+    i = first.info
+    excl = "excluded" if i["exclude_context"] else "left in"
+    nprobe = f", nprobe {i['nprobe']}" if i.get("nprobe") is not None else ""
+    lines += [
+        "",
+        f"Full-bank search over {i['bank_size']} chunks (bank {i['bank_id']}, {i['index']} index{nprobe}); "
+        f"context rows {excl}; CA in batches of {i['ca_batch']}; rates in %, 95% bootstrap intervals.",
+    ]
+    for c in getattr(results, "comparisons", []):
+        lines.append(
+            f"- {c.model} vs best baseline {c.baseline} on {c.metric}: {100 * c.diff:+.1f} points "
+            f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): {c.verdict}"
+        )
+    for name, why in getattr(results, "skipped", {}).items():
+        lines.append(f"- {name} skipped: {why}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- two-tower
+def separation_on_bank(
+    queries: np.ndarray,
+    pos_rows: np.ndarray,
+    bank: VectorBank,
+    n_neighbours: int = 16,
+    nprobe: int | None = None,
+) -> np.ndarray:
+    """Per-query ``metrics.separation_margin`` against each query's top ``n_neighbours`` bank neighbours,
+    the positive excluded: cos(q, pos) - mean cos(q, neighbour)."""
+    pos_rows = np.asarray(pos_rows, dtype=np.int64)
+    _, ids = bank.search(queries, n_neighbours, exclude=pos_rows[:, None], nprobe=nprobe)
+    valid = ids >= 0
+    neighbours = bank.get(np.where(valid, ids, 0).ravel()).reshape(*ids.shape, bank.dim)
+    return M.separation_margin(queries, bank.get(pos_rows), neighbours, valid)
