@@ -235,7 +235,10 @@ def bank_info(bank: BankArg) -> None:
     table.add_row("chunker", ", ".join(f"{k}={v}" for k, v in m.chunker.items()))
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.skipped.items())) or "none"
     table.add_row("corpus", f"{m.corpus.source} (format {m.corpus.format})")
-    table.add_row("content hash", m.corpus.content_hash)
+    hashes = f"chunk texts {m.corpus.content_hash[:16]}"
+    if m.corpus.source_hash:
+        hashes += f", source files {m.corpus.source_hash[:16]}"
+    table.add_row("sha256", hashes)
     table.add_row("articles", f"{vb.n_articles:,} (skipped: {skipped})")
     if len(per_article):
         table.add_row(
