@@ -10,6 +10,8 @@ them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
 from __future__ import annotations
 
 from lvmkit.cli import bank
+from lvmkit.cli import runs as runs_cli
+from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
 
 app = make_app(
@@ -22,6 +24,8 @@ app.command("ingest")(bank.ingest)
 app.add_typer(bank.index_app, name="index")
 app.command("search")(bank.search)
 app.add_typer(bank.bank_app, name="bank")
+app.command("train")(train_cli.train)
+app.add_typer(runs_cli.runs_app, name="runs")
 # ------------------------------------------------------------------------------------------------------
 
 
