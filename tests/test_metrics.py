@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lvmkit.eval import metrics as M
-from lvmkit.eval.bootstrap import bootstrap_ci, bootstrap_ratio_ci, paired_diff_ci
+from lvmkit.eval.bootstrap import bootstrap_ci, bootstrap_many, bootstrap_ratio_ci, paired_diff_ci
 
 
 def _ranked(rng, q=200, k=60, n=300):
@@ -206,3 +206,21 @@ def test_bootstrap_ratio_ci():
     r, lo, hi = bootstrap_ratio_ci(num, den, n_boot=500)
     assert r == pytest.approx(num.sum() / den.sum())
     assert lo < r < hi
+
+
+def test_bootstrap_many_shares_draws_with_the_single_metric_functions():
+    rng = np.random.default_rng(13)
+    h5 = (rng.random(800) < 0.3).astype(float)
+    c50 = np.maximum(h5, rng.random(800) < 0.5)
+    cos = rng.normal(0.4, 0.1, 800)
+    ca = rng.random(800)
+    ca[::50] = np.nan  # undefined for some queries
+    cols = {"hit@5": h5, "contain@50": c50, "cos": cos, "ca": ca}
+    got = bootstrap_many(cols, {"eff": ("hit@5", "contain@50")}, n_boot=400, seed=5)
+    for name, v in (("hit@5", h5), ("contain@50", c50), ("cos", cos)):
+        assert got[name] == pytest.approx(bootstrap_ci(v, n_boot=400, seed=5)[1:])
+    assert got["eff"] == pytest.approx(bootstrap_ratio_ci(h5, c50, n_boot=400, seed=5)[1:])
+    # the NaN column: each resample averages its finite entries; the loop below does the same
+    idx = np.random.default_rng(5).integers(0, 800, size=(400, 800))
+    stats = [np.nanmean(ca[r]) for r in idx]
+    assert got["ca"] == pytest.approx(tuple(np.quantile(stats, [0.025, 0.975])))

@@ -6,32 +6,23 @@ Two systems evaluated on the same queries are compared with ``paired_diff_ci``: 
 the same indices, so the interval is on the difference itself and is much narrower than two separate
 intervals would suggest. "Model beats baseline" in lvmkit means the paired interval lies above zero.
 
-NaN entries (queries where a metric is undefined, e.g. no valid distractor) are dropped first.
+Every statistic here is a function of column means (a rate, a difference of rates, a ratio of rates), so
+a resample is drawn once as a count vector c (how often each query was drawn) and the resampled mean of
+any column v is c @ v / n: one matrix product gives the resampled means of all metrics at once
+(``resampled_means``), which is what makes intervals on every metric of a 60k-query evaluation cheap.
+
+NaN entries (queries where a metric is undefined, e.g. no valid distractor) are dropped first by the
+single-metric functions; ``bootstrap_many`` resamples queries jointly and averages each column over its
+finite entries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-_BLOCK = 4_000_000  # resampled values held in memory at once (n_boot x n is drawn in blocks of rows)
-
-
-def _resample_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """Yield index matrices [b, n] whose rows are bootstrap resamples; deterministic given the seed."""
-    rng = np.random.default_rng(seed)
-    rows = max(1, _BLOCK // max(n, 1))
-    done = 0
-    while done < n_boot:
-        b = min(rows, n_boot - done)
-        yield rng.integers(0, n, size=(b, n))
-        done += b
-
-
-def _percentiles(stats: np.ndarray, alpha: float) -> tuple[float, float]:
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+_BLOCK = 4_000_000  # count-matrix entries held in memory at once (n_boot x n is built in blocks of rows)
 
 
 def _check(n_boot: int, alpha: float) -> None:
@@ -41,29 +32,62 @@ def _check(n_boot: int, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
+def resampled_means(columns: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """[n_boot, m] means of each column of ``columns`` [n, m] over bootstrap resamples of its rows.
+
+    NaN entries are skipped (each column is averaged over the finite entries of the resample); a resample
+    with no finite entry in a column gives NaN. Deterministic given the seed.
+    """
+    cols = np.asarray(columns, dtype=np.float64)
+    if cols.ndim == 1:
+        cols = cols[:, None]
+    n = len(cols)
+    finite = np.isfinite(cols)
+    all_finite = bool(finite.all())
+    values = np.where(finite, cols, 0.0)
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BLOCK // max(n, 1))
+    out = []
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        offsets = (np.arange(b, dtype=np.int64) * n)[:, None]
+        counts = np.bincount((idx + offsets).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        den = counts @ finite if not all_finite else n  # skip the second product when nothing is NaN
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append((counts @ values) / den)
+    return np.concatenate(out)
+
+
+def _interval(stats: np.ndarray, alpha: float) -> tuple[float, float]:
+    stats = stats[np.isfinite(stats)]
+    if not len(stats):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def _bootstrap(
-    columns: list[np.ndarray], stat: Callable[..., np.ndarray], n_boot: int, seed: int, alpha: float
+    columns: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int, alpha: float
 ) -> tuple[float, float, float]:
-    """Point estimate and percentile interval of ``stat(*resampled_columns)`` (each column [b, n])."""
+    """Point estimate and percentile interval of ``stat(means)``, ``means`` [.., m] the column means; rows
+    with a NaN in any column are dropped first."""
     _check(n_boot, alpha)
-    keep = np.ones(len(columns[0]), dtype=bool)
-    for c in columns:
-        keep &= np.isfinite(c)
-    columns = [np.asarray(c, dtype=np.float64)[keep] for c in columns]
-    n = len(columns[0])
-    if n == 0:
+    cols = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
+    cols = cols[np.isfinite(cols).all(axis=1)]
+    if not len(cols):
         return float("nan"), float("nan"), float("nan")
-    point = float(stat(*(c[None] for c in columns))[0])
-    stats = np.concatenate([stat(*(c[idx] for c in columns)) for idx in _resample_blocks(n, n_boot, seed)])
-    lo, hi = _percentiles(stats[np.isfinite(stats)], alpha) if np.isfinite(stats).any() else (np.nan, np.nan)
-    return point, lo, hi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = float(stat(cols.mean(axis=0)[None])[0])
+        stats = stat(resampled_means(cols, n_boot, seed))
+    return (point, *_interval(stats, alpha))
 
 
 def bootstrap_ci(
     per_query_values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean over queries and its (1 - alpha) percentile-bootstrap interval."""
-    return _bootstrap([np.asarray(per_query_values)], lambda v: v.mean(axis=1), n_boot, seed, alpha)
+    return _bootstrap([per_query_values], lambda m: m[:, 0], n_boot, seed, alpha)
 
 
 def paired_diff_ci(
@@ -73,17 +97,37 @@ def paired_diff_ci(
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired values must be on the same queries: shapes {a.shape} and {b.shape}")
-    return _bootstrap([a, b], lambda x, y: (x - y).mean(axis=1), n_boot, seed, alpha)
+    return _bootstrap([a, b], lambda m: m[:, 0] - m[:, 1], n_boot, seed, alpha)
 
 
 def bootstrap_ratio_ci(
     num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float, float]:
     """(mean(num) / mean(den), lo, hi), resampling queries jointly (e.g. eff@5 = hit@5 / contain@50)."""
+    return _bootstrap(
+        [num, den], lambda m: np.where(m[:, 1] > 0, m[:, 0] / m[:, 1], np.nan), n_boot, seed, alpha
+    )
 
-    def ratio(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        d = y.mean(axis=1)
+
+def bootstrap_many(
+    columns: Mapping[str, np.ndarray],
+    ratios: Mapping[str, tuple[str, str]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, tuple[float, float]]:
+    """(lo, hi) for the mean of every column, plus ``ratios`` {name: (num, den)} of column means, all from
+    ONE set of query resamples (so intervals of different metrics are computed on the same draws)."""
+    _check(n_boot, alpha)
+    names = list(columns)
+    if not names:
+        return {}
+    means = resampled_means(
+        np.stack([np.asarray(columns[k], dtype=np.float64) for k in names], axis=1), n_boot, seed
+    )
+    out = {k: _interval(means[:, j], alpha) for j, k in enumerate(names)}
+    for name, (num, den) in (ratios or {}).items():
+        d = means[:, names.index(den)]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(d > 0, x.mean(axis=1) / d, np.nan)
-
-    return _bootstrap([np.asarray(num), np.asarray(den)], ratio, n_boot, seed, alpha)
+            out[name] = _interval(np.where(d > 0, means[:, names.index(num)] / d, np.nan), alpha)
+    return out

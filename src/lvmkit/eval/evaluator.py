@@ -39,7 +39,7 @@ from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.index import SearchIndex, exact_index
 from lvmkit.errors import ConfigError, ProvenanceError
 from lvmkit.eval import metrics as M
-from lvmkit.eval.bootstrap import bootstrap_ci, bootstrap_ratio_ci, paired_diff_ci
+from lvmkit.eval.bootstrap import bootstrap_many, paired_diff_ci
 
 INDEX_CHOICES = (None, "flat", "ivf", "hnsw")
 CONTAIN_K = 50
@@ -328,12 +328,9 @@ def evaluate(
     metrics["eff@5"] = M.eff_at_5(pq["hit@5"], pq[f"contain@{CONTAIN_K}"])
     metrics["offset_margin"] = sweep.margin
     intervals: dict[str, tuple[float, float]] = {}
-    if n_boot > 0:
-        for k, v in pq.items():
-            intervals[k] = bootstrap_ci(v, n_boot=n_boot, seed=seed)[1:]
-        intervals["eff@5"] = bootstrap_ratio_ci(
-            pq["hit@5"], pq[f"contain@{CONTAIN_K}"], n_boot=n_boot, seed=seed
-        )[1:]
+    if n_boot > 0:  # one set of query resamples for every rate
+        ratios = {"eff@5": ("hit@5", f"contain@{CONTAIN_K}")}
+        intervals = bootstrap_many(pq, ratios, n_boot=n_boot, seed=seed)
 
     by_label = []
     if labels:
