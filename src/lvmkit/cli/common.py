@@ -71,6 +71,8 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "it")
         speed = task.finished_speed or task.speed
+        if speed is None and task.elapsed:  # too few samples for rich's moving estimate: overall average
+            speed = task.completed / task.elapsed
         if speed is None:
             return Text(f"-- {unit}/s", style="progress.data.speed")
         return Text(
