@@ -462,7 +462,7 @@ def evaluate_suite(
     results = {name: evaluate(p, windows, bank, name=name, **kwargs) for name, p in predictors.items()}
     baselines = [b for b in BASELINES if b in results]
     best = max(baselines, key=lambda b: results[b].metrics[compare_on])
-    n_boot = int(kwargs.get("n_boot", 1000)) or 1000
+    n_boot = int(kwargs.get("n_boot", 1000)) or 1000  # the comparison needs its interval even with n_boot=0
     comparisons = []
     for name in models:
         d, lo, hi = paired_diff_ci(
