@@ -58,11 +58,13 @@ DTYPES = ("float32", "float16")
 ProgressFn = Callable[[str, int, "int | None"], None]
 """``progress(stage, done, total)``, called often with absolute counts:
 
-- ``"count"``: articles scanned by the counting pass (only run when a progress callback is given, to
-  know the number of chunks for an ETA); total None.
+- ``"count"``: articles found by a quick read-only pass (run only when a progress callback is given;
+  it reads but does not chunk, since sentence splitting costs about as much as a fifth of encoding);
+  total None.
 - ``"skip"``: chunks found already encoded on disk by an earlier, interrupted run (reported once per
   resumed shard; a display should restart its rate estimate from here).
-- ``"encode"``: chunks encoded so far (resumed ones included); total = all chunks.
+- ``"encode"``: chunks encoded so far (resumed ones included); total = an *estimate* of all chunks,
+  chunks-per-article so far times the article count, exact once the last shard is done.
 - ``"assemble"``: rows copied into the final bank; total = all chunks.
 """
 
@@ -126,17 +128,23 @@ def ingest(
     def articles(stats: ReadStats | None = None):
         return read_corpus(source, format=fmt, limit_articles=limit_articles, stats=stats)
 
-    total = _count_chunks(articles(), chunk_maker, progress) if progress else None
+    n_articles = _count_articles(articles(), progress) if progress else None
 
     # ---- encode pass: every shard, re-encoding only those an earlier run did not finish
     stats = ReadStats()
-    counts = {"articles": 0, "no_chunks": 0}
+    counts = {"articles": 0, "no_chunks": 0, "chunks": 0}  # so far, updated by _chunks as it streams
     done = 0  # chunks in finished shards (+ those encoded so far in the current one)
+
+    def estimated_total() -> int | None:
+        seen = counts["articles"] + counts["no_chunks"]
+        if not n_articles or not seen:
+            return None
+        return max(counts["chunks"], round(counts["chunks"] / seen * n_articles))
 
     def on_encoded(n: int) -> None:
         nonlocal done
         done += n
-        progress("encode", done, total)
+        progress("encode", done, estimated_total())
 
     n_shards = 0
     for i, rows in enumerate(_shards(_chunks(articles(stats), chunk_maker, counts), shard_size)):
@@ -145,14 +153,16 @@ def ingest(
             _verify_shard(work, i, start, rows)
             done = start + len(rows)
             if progress:
-                progress("skip", done, total)
+                progress("skip", done, estimated_total())
             continue
         texts = [c.text for c in rows]
         vectors = enc.encode(texts, batch_size=batch_size, progress=on_encoded if progress else None)
         _write_shard(work, i, start, rows, _check_vectors(vectors, len(rows), enc.info.dim), dtype)
         done = start + len(rows)
         if progress:
-            progress("encode", done, total)
+            progress("encode", done, estimated_total())
+    if progress:
+        progress("encode", done, done)  # the exact total
 
     if done == 0:
         raise CorpusError(
@@ -190,6 +200,7 @@ def _chunks(articles: Iterator, chunk_maker, counts: dict[str, int]) -> Iterator
             counts["no_chunks"] += 1
             continue
         counts["articles"] += 1
+        counts["chunks"] += len(chunks)
         yield from chunks
 
 
@@ -199,13 +210,12 @@ def _shards(chunks: Iterator[Chunk], shard_size: int) -> Iterator[list[Chunk]]:
         yield batch
 
 
-def _count_chunks(articles: Iterator, chunk_maker, progress: ProgressFn) -> int:
-    total = 0
-    for n, article in enumerate(articles, 1):
-        total += len(chunk_maker.chunk(article))
-        if n % 100 == 0:
+def _count_articles(articles: Iterator, progress: ProgressFn) -> int:
+    n = 0
+    for n, _ in enumerate(articles, 1):
+        if n % 500 == 0:
             progress("count", n, None)
-    return total
+    return n
 
 
 # -------------------------------------------------------------------------------------------- shards

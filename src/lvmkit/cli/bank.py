@@ -79,23 +79,21 @@ def ingest(
         tasks: dict[str, int] = {}
 
         def on_progress(stage: str, done: int, total: int | None) -> None:
-            if stage == "count":
-                if "count" not in tasks:
-                    tasks["count"] = progress.add_task(
-                        "counting chunks", total=limit_articles, unit="articles"
-                    )
-                progress.update(tasks["count"], completed=done)
-                return
-            if "count" in tasks:
-                progress.remove_task(tasks.pop("count"))
-            name = "assemble" if stage == "assemble" else "encode"
-            if name not in tasks:
-                label = "writing bank" if name == "assemble" else "encoding"
-                tasks[name] = progress.add_task(label, total=total, unit="chunks")
-            if stage == "skip":  # resumed shards: restart the rate estimate from here
-                progress.reset(tasks[name], total=total, completed=done)
+            # stages: count (articles, quick pass) -> skip/encode (chunks; total estimated) -> assemble
+            task = {"count": "count", "skip": "encode", "encode": "encode", "assemble": "assemble"}[stage]
+            if task not in tasks:
+                for old in list(tasks):  # one bar at a time: the previous stage is over
+                    progress.remove_task(tasks.pop(old))
+                label, unit = {
+                    "count": ("counting articles", "articles"),
+                    "encode": ("encoding", "chunks"),
+                    "assemble": ("writing bank", "chunks"),
+                }[task]
+                tasks[task] = progress.add_task(label, total=total, unit=unit)
+            if stage == "skip":  # shards resumed from disk: restart the rate estimate from here
+                progress.reset(tasks[task], total=total, completed=done)
             else:
-                progress.update(tasks[name], completed=done)
+                progress.update(tasks[task], total=total, completed=done)
 
         bank = run_ingest(
             corpus,
