@@ -24,6 +24,15 @@ TRAINABLE = [n for n in MODEL_NAMES if n in SMALL]
 FIXED = ["copy_last", "mean_ctx", "exp_weighted"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a busy machine (and just as deterministic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -70,6 +79,79 @@ def test_inputs_are_checked():
         model(rand_ctx(2, 3), torch.tensor([[True, True, False], [True, True, True]]))
     with pytest.raises(ValueError, match="left-padded"):
         model(rand_ctx(2, 3), torch.tensor([[True, False, True], [True, True, True]]))
+
+
+# -------------------------------------------------------------------------------------------- masks
+@pytest.mark.parametrize("name", [*TRAINABLE, *FIXED])
+def test_left_padding_equals_the_shorter_input(name):
+    """A window padded on the left predicts exactly what the same window without the padding predicts."""
+    T, lengths = 11, [11, 6, 1]
+    model = make(name)
+    ctx = rand_ctx(3, T, seed=1)
+    ctx_noisy = ctx.clone()
+    ctx_noisy[~left_mask(lengths, T)] = 7.0  # whatever sits in the padding must not matter
+    with torch.no_grad():
+        padded = model(ctx_noisy, left_mask(lengths, T))
+        for b, n in enumerate(lengths):
+            torch.testing.assert_close(padded[b : b + 1], model(ctx[b : b + 1, T - n :]), atol=1e-5, rtol=0)
+
+
+def test_hierarchical_gru_with_t_not_a_multiple_of_chunk_len():
+    model = make("hierarchical_gru", chunk_len=4)
+    ctx = rand_ctx(2, 10, seed=2)
+    with torch.no_grad():
+        # 10 steps = 2 padding + 2 chunks of 4 ... + the first chunk partly padded: same as explicit padding
+        explicit = torch.cat([torch.zeros(2, 2, D), ctx], dim=1)
+        torch.testing.assert_close(model(ctx), model(explicit, left_mask([10, 10], 12)), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------- delta mode
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_delta_at_zero_residual_returns_the_last_vector(name, monkeypatch):
+    model = fitted_ridge(delta=True) if name == "ridge" else make(name, delta=True)
+    monkeypatch.setattr(model, "predict", lambda ctx, mask: torch.zeros_like(ctx[:, -1]))
+    ctx = rand_ctx(3, 5, seed=4) * 3.0
+    expected = unit(ctx[:, -1].numpy())
+    np.testing.assert_allclose(model(ctx, left_mask([5, 3, 1], 5)).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINABLE if n != "amn"])
+def test_delta_with_a_zeroed_output_layer_copies_the_last_vector(name):
+    model = make(name, delta=True)
+    torch.nn.init.zeros_(model.out_proj.weight)
+    torch.nn.init.zeros_(model.out_proj.bias)
+    ctx = rand_ctx(3, 5, seed=5)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(ctx).numpy(), ctx[:, -1].numpy(), atol=1e-6)
+
+
+def test_untrained_amn_is_the_mean_baseline():
+    ctx, mask = rand_ctx(3, 6, seed=6), left_mask([6, 4, 1], 6)
+    with torch.no_grad():
+        torch.testing.assert_close(make("amn")(ctx, mask), make("mean_ctx")(ctx, mask))
+
+
+# ------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_each_trainable_model_overfits_eight_windows(name):
+    torch.manual_seed(0)
+    ctx, target = rand_ctx(8, 5, seed=10), rand_ctx(8, 1, seed=11)[:, 0]
+    model = make(name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss():
+        return (1 - (model(ctx) * target).sum(-1)).mean()
+
+    with torch.no_grad():
+        start = loss().item()
+    for _ in range(100):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    with torch.no_grad():
+        end = loss().item()
+    assert end < 0.25 * start and end < 0.2, (start, end)
 
 
 # -------------------------------------------------------------------------------- baselines vs numpy
@@ -209,3 +291,20 @@ def test_describe_is_one_line_with_the_parameter_count():
     line = describe(model)
     assert "\n" not in line and f"{count_parameters(model):,} trainable parameters" in line
     assert "baseline" in describe(fitted_ridge()) and "fitted values" in describe(fitted_ridge())
+
+
+def test_transformer_sinusoidal_positions_and_max_len():
+    from lvmkit.models.transformer import sinusoidal_table
+
+    table = sinusoidal_table(5, 4).numpy()
+    p, i = np.arange(5)[:, None], np.arange(2)[None, :]
+    np.testing.assert_allclose(table[:, 0::2], np.sin(p / 10000 ** (2 * i / 4)), atol=1e-6)
+    np.testing.assert_allclose(table[:, 1::2], np.cos(p / 10000 ** (2 * i / 4)), atol=1e-6)
+    model = make("transformer", pos="sinusoidal", max_len=8)
+    ctx, mask = rand_ctx(2, 8, seed=3), left_mask([8, 3], 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ctx, mask)[1:], model(ctx[1:, 5:]), atol=1e-5, rtol=0)
+        with pytest.raises(ConfigError, match="exceeds the transformer's max_len=8"):
+            model(rand_ctx(1, 9))
+    with pytest.raises(ConfigError, match="pos 'rope'.*learned, sinusoidal"):
+        make("transformer", pos="rope")

@@ -13,13 +13,24 @@ from typing import Any
 from torch import nn
 
 from lvmkit.errors import ConfigError
+from lvmkit.models.amn import AMN
 from lvmkit.models.baselines import CopyLast, ExpWeighted, MeanCtx, Ridge
+from lvmkit.models.mamba import Mamba
+from lvmkit.models.rnn import GRU, LSTM, HierarchicalGRU, MemoryGRU
+from lvmkit.models.transformer import TransformerLVM
 
 _MODELS: dict[str, type[nn.Module]] = {
     "copy_last": CopyLast,
     "mean_ctx": MeanCtx,
     "exp_weighted": ExpWeighted,
     "ridge": Ridge,
+    "amn": AMN,
+    "gru": GRU,
+    "lstm": LSTM,
+    "transformer": TransformerLVM,
+    "memory_gru": MemoryGRU,
+    "hierarchical_gru": HierarchicalGRU,
+    "mamba": Mamba,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 BASELINE_NAMES: tuple[str, ...] = ("copy_last", "mean_ctx", "exp_weighted", "ridge")
@@ -60,8 +71,10 @@ def describe(model: nn.Module) -> str:
     n = count_parameters(model)
     line = f"{name} (dim {dim}): {n:,} trainable parameters"
     if not getattr(model, "trainable", True):
-        fitted = sum(b.numel() for b in model.buffers())
-        line += f", baseline{f' with {fitted:,} fitted values' if fitted else ''}"
+        line += ", baseline"
+        if hasattr(model, "fitted"):  # ridge: fitted, not trained
+            n_fit = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+            line += f" with {n_fit:,} fitted values" if model.fitted else " (not fitted yet)"
     if spec:
         line += "; " + ", ".join(f"{k}={v}" for k, v in spec.items())
     return line
