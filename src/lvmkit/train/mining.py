@@ -1,0 +1,378 @@
+"""Curriculum hard-negative mining for the two-tower retriever.
+
+The curriculum
+--------------
+A schedule says, epoch by epoch, how many mined negatives each training pair gets and how hard they are
+(the cosine window between the query and a negative)::
+
+    "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
+
+Stages are ``FIRST-LAST:SPEC`` joined by ``;`` (``N:SPEC`` is a one-epoch stage), where SPEC is ``none`` or
+``COUNT@LO-HI``: COUNT >= 0 negatives per pair whose cosine to the query lies in [LO, HI], with
+-1 <= LO < HI <= 1. Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
+trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply never runs). Every
+mistake is a ``ConfigError`` that quotes the stage. ``Schedule.describe()`` prints the plan epoch by epoch
+(``lvmkit diagnose data`` shows it through ``describe_schedule``).
+
+Why a curriculum: negatives that are too hard too early (near-paraphrases of the positive) make InfoNCE
+push apart things that are alike and the embedding collapses; easy in-batch negatives first, then a window
+that moves up slowly, is what keeps the separation margin positive.
+
+Mining (ANCE-style refresh)
+---------------------------
+At the start of every epoch whose stage asks for negatives, the trainer re-encodes every training query
+with the *current* query tower and calls ``mine_negatives``. For each pair it searches the document space
+for the top ``4 x count`` candidates and walks them best first, dropping, in this order (each drop is
+counted under its rule):
+
+    positive      the pair's own target chunk
+    same_article  any chunk of the query's own article (its context, its neighbours)
+    near_dup      near-duplicates: cos(pos, n) > 0.98 (a paraphrase of the answer is not a negative)
+                  or cos(q, n) > 0.98 (a copy of the query)
+    window        cos(q, n) outside [LO, HI]
+
+The first ``count`` survivors are the negatives. A pair with fewer survivors is padded with the best
+candidates that passed every rule except the window (never with a false negative); what is still missing
+stays -1 and is masked in the loss. The result is a ``NegativeStore`` keyed by **pair id**: a batch looks
+its negatives up by the pair ids it holds, so negatives stay with their own sample however the sampler
+reshuffles (the predecessor stored them by batch position and trained on mismatched negatives).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lvmkit.errors import ConfigError
+
+NEAR_DUP_COS = 0.98
+CANDIDATE_FACTOR = 4
+RULES = ("positive", "same_article", "near_dup", "window")
+
+_STAGE = re.compile(r"^(?P<a>-?\d+)(?:-(?P<b>-?\d+))?:(?P<spec>.+)$")
+_SPEC = re.compile(r"^(?P<n>-?\d+)@(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<hi>-?[0-9.]+(?:e-?\d+)?)$")
+
+
+# ------------------------------------------------------------------------------------------ schedule
+@dataclass(frozen=True)
+class Stage:
+    """Epochs ``first..last`` (inclusive): ``count`` negatives per pair with cos(q, n) in [lo, hi].
+    ``count == 0`` means no mining (lo and hi are then unused)."""
+
+    first: int
+    last: int
+    count: int = 0
+    lo: float = 0.0
+    hi: float = 0.0
+
+    @property
+    def mines(self) -> bool:
+        return self.count > 0
+
+    def __str__(self) -> str:
+        epochs = f"{self.first}" if self.first == self.last else f"{self.first}-{self.last}"
+        spec = f"{self.count}@{self.lo!r}-{self.hi!r}" if self.mines else "none"  # repr: exact round trip
+        return f"{epochs}:{spec}"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An ordered, gap-free list of stages. Build one with ``parse_schedule``. No stages = never mine."""
+
+    stages: tuple[Stage, ...]
+
+    @property
+    def first_epoch(self) -> int:
+        return self.stages[0].first if self.stages else 1
+
+    @property
+    def last_epoch(self) -> int:
+        return self.stages[-1].last if self.stages else 1
+
+    @property
+    def max_count(self) -> int:
+        """The most negatives any epoch asks for (the width of the negatives in a batch)."""
+        return max((s.count for s in self.stages), default=0)
+
+    def at(self, epoch: int) -> Stage:
+        """The stage that covers ``epoch`` (ConfigError outside the schedule)."""
+        if not self.stages:
+            return Stage(epoch, epoch)
+        for s in self.stages:
+            if s.first <= epoch <= s.last:
+                return s
+        raise ConfigError(
+            f"mining schedule {self} covers epochs {self.first_epoch}-{self.last_epoch}; epoch {epoch} is outside it"
+        )
+
+    def check_epochs(self, epochs: int, field_name: str = "twotower.schedule") -> None:
+        """The schedule must cover the run's epochs 1..``epochs``."""
+        if self.stages and (self.first_epoch > 1 or self.last_epoch < epochs):
+            raise ConfigError(
+                f"{field_name}={str(self)!r} covers epochs {self.first_epoch}-{self.last_epoch} but the run trains "
+                f"epochs 1-{epochs} (optim.epochs); extend the last stage to {epochs}"
+            )
+
+    def describe(self, epochs: int | None = None) -> str:
+        """The plan, one line per epoch (1..``epochs``, default the schedule's last epoch)."""
+        if not self.stages:
+            return "mining schedule none: in-batch and memory-bank negatives only, every epoch"
+        last = self.last_epoch if epochs is None else int(epochs)
+        lines = [f"mining schedule {self}"]
+        for e in range(max(1, self.first_epoch), last + 1):
+            try:
+                s = self.at(e)
+            except ConfigError:
+                lines.append(f"  epoch {e:>3}: (not covered by the schedule)")
+                continue
+            what = (
+                f"{s.count} mined negatives per pair, cos(q, n) in [{s.lo:g}, {s.hi:g}]"
+                if s.mines
+                else "in-batch and memory-bank negatives only (no mining)"
+            )
+            lines.append(f"  epoch {e:>3}: {what}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return ";".join(str(s) for s in self.stages) or "none"
+
+
+def _number(text: str, what: str, stage: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"mining schedule stage {stage!r}: {what} {text!r} is not a number") from None
+
+
+def parse_stage(text: str) -> Stage:
+    """One ``FIRST-LAST:SPEC`` stage (see the module docstring)."""
+    stage = text.strip()
+    m = _STAGE.match(stage.replace(" ", ""))
+    if not m:
+        raise ConfigError(
+            f"mining schedule stage {stage!r} is not FIRST-LAST:none or FIRST-LAST:COUNT@LO-HI "
+            "(e.g. 6-10:8@0.82-0.92)"
+        )
+    first = int(m["a"])
+    last = int(m["b"]) if m["b"] is not None else first
+    if first < 0:
+        raise ConfigError(f"mining schedule stage {stage!r}: epochs must be >= 0, got {first}")
+    if last < first:
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: the epoch range {first}-{last} is empty (first > last)"
+        )
+    spec = m["spec"].lower()
+    if spec == "none":
+        return Stage(first, last)
+    s = _SPEC.match(spec)
+    if not s:
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: {m['spec']!r} is not 'none' or COUNT@LO-HI (e.g. 16@0.84-0.96)"
+        )
+    count = int(s["n"])
+    lo, hi = _number(s["lo"], "LO", stage), _number(s["hi"], "HI", stage)
+    if count < 0:
+        raise ConfigError(f"mining schedule stage {stage!r}: the negative count must be >= 0, got {count}")
+    if not (-1.0 <= lo <= 1.0 and -1.0 <= hi <= 1.0):
+        raise ConfigError(f"mining schedule stage {stage!r}: cosines must lie in [-1, 1], got {lo:g}-{hi:g}")
+    if lo >= hi:
+        raise ConfigError(f"mining schedule stage {stage!r}: the window {lo:g}-{hi:g} is empty (LO >= HI)")
+    if count == 0:
+        return Stage(first, last)
+    return Stage(first, last, count, lo, hi)
+
+
+def parse_schedule(text: str | Schedule | None) -> Schedule:
+    """Parse and validate a schedule string; ``None`` / ``""`` / ``"none"`` mean no mining at all."""
+    if isinstance(text, Schedule):
+        return text
+    if text is None or not str(text).strip() or str(text).strip().lower() == "none":
+        return Schedule(())
+    parts = [p for p in str(text).split(";")]
+    if any(not p.strip() for p in parts):
+        raise ConfigError(f"mining schedule {text!r} has an empty stage (two ';' in a row or a trailing ';')")
+    stages = [parse_stage(p) for p in parts]
+    if stages[0].first > 1:
+        raise ConfigError(
+            f"mining schedule {text!r} starts at epoch {stages[0].first}; the first stage must start at epoch 0 or 1"
+        )
+    for prev, cur in zip(stages, stages[1:], strict=False):
+        if cur.first <= prev.last:
+            raise ConfigError(
+                f"mining schedule stages {prev} and {cur} overlap (epoch {cur.first} is in both); "
+                "each epoch must belong to exactly one stage"
+            )
+        if cur.first > prev.last + 1:
+            missing = (
+                f"epoch {prev.last + 1}"
+                if cur.first == prev.last + 2
+                else f"epochs {prev.last + 1}-{cur.first - 1}"
+            )
+            raise ConfigError(
+                f"mining schedule has a gap: {missing} between stages {prev} and {cur} are not covered"
+            )
+    return Schedule(tuple(stages))
+
+
+def describe_schedule(text: str | None, epochs: int | None = None) -> str:
+    """The epoch-by-epoch plan of a schedule string (for ``lvmkit diagnose data`` and run logs)."""
+    return parse_schedule(text).describe(epochs)
+
+
+# ------------------------------------------------------------------------------------------ mining
+@dataclass
+class NegativeStore:
+    """Mined negatives keyed by pair id: ``lookup(pair_ids) -> int64 [B, width]`` (-1 = no negative).
+
+    ``pair_ids`` is sorted; row i of ``ids`` belongs to ``pair_ids[i]``. An empty store (width 0) answers
+    every lookup with a [B, 0] array.
+    """
+
+    pair_ids: np.ndarray  # int64 [P], sorted
+    ids: np.ndarray  # int64 [P, width]
+    epoch: int = 0  # the epoch these were mined for (0 = none mined)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> NegativeStore:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64))
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    def lookup(self, pair_ids: np.ndarray) -> np.ndarray:
+        pair_ids = np.asarray(pair_ids, dtype=np.int64)
+        if self.width == 0:
+            return np.zeros((len(pair_ids), 0), dtype=np.int64)
+        pos = np.searchsorted(self.pair_ids, pair_ids)
+        pos = np.minimum(pos, len(self.pair_ids) - 1)
+        if len(pair_ids) and not np.array_equal(self.pair_ids[pos], pair_ids):
+            missing = pair_ids[self.pair_ids[pos] != pair_ids][:5].tolist()
+            raise KeyError(f"no mined negatives for pair ids {missing}")
+        return self.ids[pos]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pair_ids": self.pair_ids, "ids": self.ids, "epoch": self.epoch, "stats": dict(self.stats)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> NegativeStore:
+        return cls(
+            np.asarray(state["pair_ids"], dtype=np.int64),
+            np.asarray(state["ids"], dtype=np.int64),
+            int(state["epoch"]),
+            dict(state["stats"]),
+        )
+
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (scores, ids)
+Vectors = Callable[[np.ndarray], np.ndarray]  # rows -> float32 [len(rows), d] document vectors
+
+
+def mine_negatives(
+    queries: np.ndarray,
+    pair_ids: np.ndarray,
+    positives: np.ndarray,
+    article_of_row: np.ndarray,
+    search: Search,
+    doc_vectors: Vectors,
+    count: int,
+    lo: float,
+    hi: float,
+    near_dup: float = NEAR_DUP_COS,
+    candidate_factor: int = CANDIDATE_FACTOR,
+    width: int | None = None,
+    block: int = 4096,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mine ``count`` negatives per query (see the module docstring for the rules).
+
+    queries        float32 [P, d] unit query vectors (the current query tower's output)
+    pair_ids       int64 [P] (only echoed into the stats; the caller builds the ``NegativeStore``)
+    positives      int64 [P] target row of each pair
+    article_of_row int [N] article code of every bank row
+    search         ``search(queries, k) -> (scores, ids)`` over the document space (inner product = cosine)
+    doc_vectors    ``doc_vectors(rows) -> [len(rows), d]`` unit document vectors (for cos(pos, n))
+    width          columns of the result (default ``count``; more columns are -1)
+
+    Returns (ids int64 [P, width], stats): stats count candidates dropped by each rule, negatives kept in
+    the window, padded from outside it, and missing, and the mean cosine of the kept ones.
+    """
+    queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+    positives = np.asarray(positives, dtype=np.int64)
+    P = len(queries)
+    count, width = int(count), int(count if width is None else width)
+    if count < 1:
+        raise ConfigError(f"mine_negatives needs count >= 1, got {count}")
+    if width < count:
+        raise ConfigError(f"width={width} must be >= count={count}")
+    if not -1 <= lo < hi <= 1:
+        raise ConfigError(f"mining window {lo}-{hi} must satisfy -1 <= lo < hi <= 1")
+    if len(pair_ids) != P or len(positives) != P:
+        raise ValueError(f"{P} queries but {len(pair_ids)} pair ids and {len(positives)} positives")
+    k = candidate_factor * count
+    out = np.full((P, width), -1, dtype=np.int64)
+    dropped = dict.fromkeys(RULES, 0)
+    kept_total = padded_total = missing_total = 0
+    kept_cos_sum = 0.0
+    for s in range(0, P, block):
+        q = queries[s : s + block]
+        pos = positives[s : s + block]
+        scores, ids = search(q, k)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        # rule masks over the [b, k] candidates; each candidate is charged to the first rule that drops it
+        r_pos = valid & (ids == pos[:, None])
+        r_art = valid & ~r_pos & (article_of_row[safe] == article_of_row[pos][:, None])
+        pos_vec = doc_vectors(pos)
+        cand_vec = doc_vectors(safe.ravel()).reshape(*ids.shape, -1)
+        cos_pos = np.einsum("bd,bkd->bk", pos_vec, cand_vec)
+        taken = r_pos | r_art
+        r_dup = valid & ~taken & ((cos_pos > near_dup) | (scores > near_dup))
+        taken |= r_dup
+        in_window = (scores >= lo) & (scores <= hi)
+        r_win = valid & ~taken & ~in_window
+        good = valid & ~taken & in_window  # passes every rule
+        spare = r_win  # passes the safety rules, outside the window: padding material
+        for name, m in zip(RULES, (r_pos, r_art, r_dup, r_win), strict=True):
+            dropped[name] += int(m.sum())
+        for i in range(len(q)):
+            g = ids[i, good[i]][:count]
+            row = s + i
+            out[row, : len(g)] = g
+            kept_total += len(g)
+            kept_cos_sum += float(scores[i, good[i]][:count].sum())
+            short = count - len(g)
+            if short:
+                pad = ids[i, spare[i]][:short]
+                out[row, len(g) : len(g) + len(pad)] = pad
+                padded_total += len(pad)
+                missing_total += short - len(pad)
+    stats = {
+        "pairs": P,
+        "count": count,
+        "window": [float(lo), float(hi)],
+        "candidates": int(P * k),
+        "kept": kept_total,
+        "padded": padded_total,
+        "missing": missing_total,
+        "mean_cos_kept": kept_cos_sum / kept_total if kept_total else float("nan"),
+        **{f"dropped_{name}": v for name, v in dropped.items()},
+    }
+    return out, stats
+
+
+def format_mining_stats(stats: dict[str, Any]) -> str:
+    """One line for train.log: what mining kept, dropped by each rule, padded, and the mean kept cosine."""
+    lo, hi = stats["window"]
+    return (
+        f"mined {stats['count']}@{lo:g}-{hi:g} for {stats['pairs']} pairs: kept {stats['kept']}, "
+        f"padded {stats['padded']}, missing {stats['missing']}; dropped positive {stats['dropped_positive']}, "
+        f"same_article {stats['dropped_same_article']}, near_dup {stats['dropped_near_dup']}, "
+        f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}"
+    )
