@@ -173,6 +173,9 @@ def search(
     ] = None,
     device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, mps.")] = "cpu",
     width: Annotated[int, typer.Option(help="Characters of chunk text shown per result.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (full texts) instead of a table.")
+    ] = False,
 ) -> None:
     """Encode TEXT with the bank's own encoder and print the k nearest chunks of BANK.
 
@@ -196,15 +199,24 @@ def search(
     query = enc.encode([text])
     scores, ids = vb.search(query, k, nprobe=nprobe)
     rows = [int(i) for i in ids[0] if i >= 0]
-    table = Table(title=f"top {len(rows)} of {len(vb):,} chunks for {text!r}", title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("chunk_id", justify="right")
+    hits = [
+        {"rank": rank, "score": float(score), "chunk_id": row, "title": title, "text": chunk}
+        for rank, (row, score, title, chunk) in enumerate(
+            zip(rows, scores[0], vb.titles(rows), vb.texts(rows), strict=False), 1
+        )
+    ]
+    if as_json:
+        console.print_json(data=hits)
+        return
+    shown_query = text if len(text) <= 60 else text[:59] + "…"
+    table = Table(title=f"top {len(rows)} of {len(vb):,} chunks for {shown_query!r}", title_justify="left")
+    for name in ("rank", "score", "chunk_id"):
+        table.add_column(name, justify="right")
     table.add_column("title")
     table.add_column("text")
-    for rank, (row, title, chunk) in enumerate(zip(rows, vb.titles(rows), vb.texts(rows), strict=True), 1):
-        shown = chunk if len(chunk) <= width else chunk[: width - 1] + "…"
-        table.add_row(str(rank), f"{scores[0][rank - 1]:.4f}", str(row), title, shown)
+    for h in hits:
+        chunk = h["text"] if len(h["text"]) <= width else h["text"][: width - 1] + "…"
+        table.add_row(str(h["rank"]), f"{h['score']:.4f}", str(h["chunk_id"]), h["title"], chunk)
     console.print(table)
 
 
