@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lvmkit.cli.common import console, human_bytes, human_duration, make_app, make_progress
+from lvmkit.cli.common import console, human_bytes, human_duration, make_app, make_progress, print_error
 from lvmkit.errors import ConfigError
 
 index_app = make_app(help="Build the FAISS index of a bank.")
@@ -75,41 +75,28 @@ def ingest(
     from lvmkit.bank.ingest import ingest as run_ingest
 
     t0 = time.perf_counter()
-    with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int | None) -> None:
-            # stages: count (articles, quick pass) -> skip/encode (chunks; total estimated) -> assemble
-            task = {"count": "count", "skip": "encode", "encode": "encode", "assemble": "assemble"}[stage]
-            if task not in tasks:
-                for old in list(tasks):  # one bar at a time: the previous stage is over
-                    progress.remove_task(tasks.pop(old))
-                label, unit = {
-                    "count": ("counting articles", "articles"),
-                    "encode": ("encoding", "chunks"),
-                    "assemble": ("writing bank", "chunks"),
-                }[task]
-                tasks[task] = progress.add_task(label, total=total, unit=unit)
-            if stage == "skip":  # shards resumed from disk: restart the rate estimate from here
-                progress.reset(tasks[task], total=total, completed=done)
-            else:
-                progress.update(tasks[task], total=total, completed=done)
-
-        bank = run_ingest(
-            corpus,
-            out,
-            format=format,
-            chunker=chunker,
-            encoder=encoder,
-            backend=backend,
-            limit_articles=limit_articles,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            dtype=dtype,
-            device=device,
-            progress=on_progress,
-            overwrite=overwrite,
+    try:
+        with make_progress() as progress:
+            bank = run_ingest(
+                corpus,
+                out,
+                format=format,
+                chunker=chunker,
+                encoder=encoder,
+                backend=backend,
+                limit_articles=limit_articles,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                dtype=dtype,
+                device=device,
+                progress=_stage_bars(progress),
+                overwrite=overwrite,
+            )
+    except KeyboardInterrupt:
+        print_error(
+            f"interrupted; finished shards are kept in {out}/.ingest: re-run the same command to resume"
         )
+        raise typer.Exit(130) from None
     elapsed = time.perf_counter() - t0
     m = bank.manifest
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.skipped.items())) or "none"
@@ -120,6 +107,34 @@ def ingest(
     )
     console.print(f"  skipped: {skipped}")
     console.print(f"  time {human_duration(elapsed)}, {len(bank) / max(elapsed, 1e-9):,.0f} chunks/s overall")
+
+
+_STAGES = {"count": "count", "skip": "encode", "encode": "encode", "assemble": "assemble"}
+_BARS = {
+    "count": ("counting articles", "articles"),
+    "encode": ("encoding", "chunks"),
+    "assemble": ("writing bank", "chunks"),
+}
+
+
+def _stage_bars(progress):
+    """An ingest progress callback (``lvmkit.bank.ingest.ProgressFn``) showing one rich bar per stage:
+    counting articles -> encoding (total estimated until the end) -> writing bank."""
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int | None) -> None:
+        bar = _STAGES[stage]
+        if bar not in tasks:
+            for old in list(tasks):  # one bar at a time: the previous stage is over
+                progress.remove_task(tasks.pop(old))
+            label, unit = _BARS[bar]
+            tasks[bar] = progress.add_task(label, total=total, unit=unit)
+        if stage == "skip":  # shards resumed from disk: restart the rate estimate from here
+            progress.reset(tasks[bar], total=total, completed=done)
+        else:
+            progress.update(tasks[bar], total=total, completed=done)
+
+    return on_progress
 
 
 # ------------------------------------------------------------------------------------------------- index
