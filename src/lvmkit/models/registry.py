@@ -17,6 +17,7 @@ from lvmkit.models.amn import AMN
 from lvmkit.models.baselines import CopyLast, ExpWeighted, MeanCtx, Ridge
 from lvmkit.models.mamba import Mamba
 from lvmkit.models.rnn import GRU, LSTM, HierarchicalGRU, MemoryGRU
+from lvmkit.models.towers import BiGRUPool, TransformerPool
 from lvmkit.models.transformer import TransformerLVM
 
 _MODELS: dict[str, type[nn.Module]] = {
@@ -31,6 +32,9 @@ _MODELS: dict[str, type[nn.Module]] = {
     "memory_gru": MemoryGRU,
     "hierarchical_gru": HierarchicalGRU,
     "mamba": Mamba,
+    # two-tower query towers (lvmkit.models.towers); any model above can be a query tower too
+    "bigru_pool": BiGRUPool,
+    "transformer_pool": TransformerPool,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 BASELINE_NAMES: tuple[str, ...] = ("copy_last", "mean_ctx", "exp_weighted", "ridge")
