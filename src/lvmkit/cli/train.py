@@ -14,7 +14,8 @@ EXIT_STOPPED = 3  # the run stopped on a failed gate or a non-finite loss (see R
 def train(
     config: Path = typer.Argument(
         None,
-        help="YAML run config (see configs/). May be left out with --resume: the run's config.yaml is used.",
+        help="YAML run config (see configs/). Left out: the run's config.yaml with --resume, else the defaults "
+        "(then give at least --set bank=PATH).",
         show_default=False,
     ),
     out: Path = typer.Option(
@@ -51,15 +52,14 @@ def train(
     from lvmkit.train.runs import RunPaths, launch_detached
 
     run = RunPaths(out)
-    if config is None:
-        if not resume:
-            raise ConfigError("give a CONFIG file (e.g. configs/gru.yaml), or --resume an existing run")
+    if config is None and resume:
         config = run.config
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
     if detach:
         if not resume and (run.status.exists() or run.last.exists()):
             raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
-        argv = ["train", str(config), "--out", str(out), "--quiet"]
+        argv = ([str(config)] if config is not None else []) + ["--out", str(out), "--quiet"]
+        argv = ["train", *argv]
         argv += [f"--set={o}" for o in overrides] + (["--resume"] if resume else [])
         pid = launch_detached(argv, out)
         console.print(f"started pid {pid} in the background; output in {run.stdout}")

@@ -144,6 +144,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def sum_ranks(value: int, info: DistInfo) -> int:
+    """The sum of an integer over all ranks (e.g. training windows seen in an epoch)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` on every rank (a picklable value: the end-of-epoch decision)."""
     if not info.enabled:

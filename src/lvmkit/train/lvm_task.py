@@ -1,0 +1,227 @@
+"""The LVM task: learn to predict the next chunk's vector from the vectors of the previous ``ctx`` chunks.
+
+What the loop asks of a task (see ``loop.Task``), answered for LVMs:
+
+    data        article-disjoint split of the bank (RUN/split.json) -> train / val / test windows;
+                train batches from ArticleCappedBatchSampler (at most ``max_per_article`` windows of one
+                article per batch, reshuffled per epoch from (seed, epoch), sharded across DDP ranks)
+    modules     {"model": the LVM, "loss": the loss module (it may own a projection head / a queue)}
+    loss        model(ctx, mask) -> prediction; loss(prediction, target, article) -> (total, parts);
+                under DDP the other ranks' targets are gathered (with gradients) as extra InfoNCE negatives
+    evaluate    full-bank retrieval on the val windows (capped at ``max_eval_queries``, a fixed sample),
+                the copy_last baseline on the same windows beside it (``copy_last_<metric>``)
+    final_eval  the test windows through ``evaluate_suite``: the model beside every baseline, with
+                intervals and a paired comparison -> RUN/metrics.json and RUN/metrics.md
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lvmkit.artifacts import write_json, write_text
+from lvmkit.bank.bank import VectorBank
+from lvmkit.data.samplers import ArticleCappedBatchSampler
+from lvmkit.data.splits import Split, make_split
+from lvmkit.data.windows import WindowBatch, WindowSet, make_windows
+from lvmkit.errors import ConfigError
+from lvmkit.eval.evaluator import evaluate, evaluate_suite, format_table
+from lvmkit.losses import build_loss
+from lvmkit.models import build_model, describe
+from lvmkit.train import distributed as D
+from lvmkit.train.checkpoint import bank_stamp
+from lvmkit.train.config import RunConfig
+from lvmkit.train.runs import RunPaths
+
+
+def sample_windows(ws: WindowSet, cap: int | None, seed: int) -> WindowSet:
+    """At most ``cap`` windows, chosen by a seeded generator and kept in bank order (deterministic)."""
+    if cap is None or len(ws) <= cap:
+        return ws
+    idx = np.sort(np.random.default_rng(seed).choice(len(ws), size=cap, replace=False))
+    return ws.subset(idx)
+
+
+class LVMStep(nn.Module):
+    """Model and loss as one module, so that DistributedDataParallel can wrap the whole forward pass."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        accepts = inspect.signature(loss_fn.forward).parameters
+        self.takes_negatives = "extra_negatives" in accepts and "neg_article" in accepts
+
+    def forward(self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
+        pred = self.model(ctx, mask)
+        if self.takes_negatives:
+            gathered = D.gather_negatives(target, article)  # None unless running under DDP
+            if gathered is not None:
+                total, parts = self.loss_fn(
+                    pred, target, article, extra_negatives=gathered[0], neg_article=gathered[1]
+                )
+                return total, {**parts, "gathered_negatives": float(gathered[0].shape[0])}
+        return self.loss_fn(pred, target, article)
+
+
+class LVMTask:
+    """Next-chunk prediction on one bank. Build it with ``LVMTask.from_config``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        bank: VectorBank,
+        split: Split,
+        train: WindowSet,
+        val: WindowSet,
+        test: WindowSet,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        dist: D.DistInfo,
+    ):
+        self.cfg, self.bank, self.split = cfg, bank, split
+        self.train, self.val, self.test = train, val, test
+        self.model, self.loss_fn, self.dist = model, loss_fn, dist
+        self.step_module: nn.Module = LVMStep(model, loss_fn)
+        self._forward: nn.Module = self.step_module
+        self.sampler = ArticleCappedBatchSampler(
+            train.article_of_all(),
+            batch_size=cfg.data.batch_size,
+            max_per_article=cfg.data.max_per_article,
+            seed=cfg.seed,
+            drop_last=False,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+        self._copy_last: dict[str, float] | None = (
+            None  # the baseline on the fixed val windows, computed once
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool = False
+    ) -> LVMTask:
+        """Open the bank, make (or, on resume, reload) the split, build windows, model and loss."""
+        bank = VectorBank.open(cfg.bank)
+        if resume and run.split.exists():
+            split = Split.load(run.split, bank)
+        else:
+            split = make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed)
+            if dist.is_main:
+                split.save(run.split)
+        d = cfg.data
+
+        def windows(name: str) -> WindowSet:
+            ws = make_windows(bank, split, name, d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
+            if len(ws) == 0:
+                raise ConfigError(
+                    f"the {name} split of bank {bank.path} has no windows with ctx={d.ctx} "
+                    f"(min_ctx={d.min_ctx}, pad={d.pad}): its articles are too short or too few. Lower data.ctx, "
+                    "set data.min_ctx, change split.ratios, or use a larger bank"
+                )
+            return ws
+
+        train = sample_windows(windows("train"), d.max_train_windows, cfg.seed)
+        val = sample_windows(windows("val"), d.max_eval_queries, cfg.seed + 1)
+        test = sample_windows(windows("test"), d.max_test_queries, cfg.seed + 2)
+        model = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
+        if not getattr(model, "trainable", True):
+            raise ConfigError(
+                f"model.name={cfg.model.name!r} is a baseline with nothing to train; the trainer reports it "
+                "beside every model anyway (or score it alone with `lvmkit eval`)"
+            )
+        loss_fn = build_loss(cfg.loss)
+        task = cls(cfg, bank, split, train, val, test, model, loss_fn, dist)
+        if dist.is_main:
+            from lvmkit.train.loop import log
+
+            log(run, f"bank {bank.path} ({len(bank)} chunks, {bank.manifest.bank_id}); windows train {len(train)}, "
+                     f"val {len(val)}, test {len(test)}; {describe(model)}")  # fmt: skip
+        return task
+
+    # ----------------------------------------------------------------------------------- loop API
+    def modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"model": self.model, "loss": self.loss_fn})
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self._forward = wrap(self.step_module)
+
+    def num_batches(self, epoch: int) -> int:
+        self.sampler.set_epoch(epoch)
+        return len(self.sampler)
+
+    def windows_per_epoch(self) -> int:
+        return int(self.sampler.stats["windows_all_ranks"])
+
+    def on_epoch_start(self, epoch: int) -> dict[str, Any]:
+        self.sampler.set_epoch(epoch)
+        return {}
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[WindowBatch]:
+        self.sampler.set_epoch(epoch)
+        for idx in list(self.sampler)[start_batch:]:
+            yield self.train.batch(np.asarray(idx, dtype=np.int64), device=self.dist.device)
+
+    def batch_size_of(self, batch: WindowBatch) -> int:
+        return len(batch)
+
+    def loss(self, batch: WindowBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        total, parts = self._forward(batch.ctx, batch.mask, batch.target, batch.article)
+        return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Full-bank retrieval metrics of the model on the fixed val windows, copy_last's beside them."""
+        windows = {"val": self.val, "test": self.test}[split]
+        kw = {"n_boot": 0, "labels": False, "seed": self.cfg.seed}
+        out = evaluate(self.model, windows, self.bank, name=self.cfg.model.name, **kw).metrics
+        if split == "val" and self._copy_last is None:
+            baseline = build_model("copy_last", self.bank.dim).to(self.dist.device)
+            self._copy_last = evaluate(baseline, windows, self.bank, name="copy_last", **kw).metrics
+        base = self._copy_last if split == "val" else {}
+        return {**out, **{f"copy_last_{k}": v for k, v in base.items()}}
+
+    def final_eval(self, run: RunPaths) -> dict[str, Any]:
+        """The model (best checkpoint) beside every baseline on the test windows -> metrics.json/.md."""
+        name = self.cfg.model.name
+        suite = evaluate_suite(
+            {name: self.model}, self.test, self.bank, train_windows=self.train, seed=self.cfg.seed
+        )
+        info = {
+            "split": "test",
+            "n_queries": len(self.test),
+            "test_windows_capped_at": self.cfg.data.max_test_queries,
+            "bank": str(self.bank.path),
+            "bank_id": self.bank.manifest.bank_id,
+            "model": describe(self.model),
+        }
+        write_json(run.metrics_json, {**info, **suite.to_dict()})
+        head = (
+            f"# {name}: test split\n\n{info['model']}\n\n"
+            f"{len(self.test)} test windows (ctx {self.cfg.data.ctx}), best checkpoint (epoch chosen by "
+            f"{self.cfg.early_stopping.metric} on val).\n\n"
+        )
+        write_text(run.metrics_md, head + format_table(suite) + "\n")
+        cmp = suite.comparisons[0]
+        return {
+            f"test_{cmp.metric}": suite[name].metrics[cmp.metric],
+            "best_baseline": cmp.baseline,
+            f"best_baseline_{cmp.metric}": suite[cmp.baseline].metrics[cmp.metric],
+            "verdict": cmp.verdict,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        return {"model": dict(self.model.spec), "bank": bank_stamp(self.bank)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state outside the modules' state dicts (the loss's own extra state, e.g. a queue)."""
+        extra = getattr(self.loss_fn, "extra_state", None)
+        return {"loss": extra() if callable(extra) else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("loss") is not None:
+            self.loss_fn.load_extra_state(state["loss"])
