@@ -29,6 +29,7 @@ def settings(bank) -> list[str]:
         "data.batch_size=16",
         "data.max_eval_queries=100",
         "model.kwargs={hidden: 32, layers: 1, dropout: 0.2}",  # dropout: the torch RNG must be restored too
+        "loss={cos: 1.0, infonce: 0.1, tau: 0.1, queue: 64}",  # the InfoNCE queue must come back too
         "optim.epochs=2",
         "optim.warmup_steps=5",
         "checkpoint_every_steps=4",

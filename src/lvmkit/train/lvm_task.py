@@ -29,7 +29,7 @@ from lvmkit.bank.bank import VectorBank
 from lvmkit.data.samplers import ArticleCappedBatchSampler
 from lvmkit.data.splits import Split, make_split
 from lvmkit.data.windows import WindowBatch, WindowSet, make_windows
-from lvmkit.errors import ConfigError
+from lvmkit.errors import ArtifactError, ConfigError
 from lvmkit.eval.evaluator import evaluate, evaluate_suite, format_table
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
@@ -55,7 +55,7 @@ class LVMStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
         accepts = inspect.signature(loss_fn.forward).parameters
-        self.takes_negatives = "extra_negatives" in accepts and "neg_article" in accepts
+        self.takes_negatives = "extra_negatives" in accepts and "extra_article_ids" in accepts
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
         pred = self.model(ctx, mask)
@@ -63,7 +63,7 @@ class LVMStep(nn.Module):
             gathered = D.gather_negatives(target, article)  # None unless running under DDP
             if gathered is not None:
                 total, parts = self.loss_fn(
-                    pred, target, article, extra_negatives=gathered[0], neg_article=gathered[1]
+                    pred, target, article, extra_negatives=gathered[0], extra_article_ids=gathered[1]
                 )
                 return total, {**parts, "gathered_negatives": float(gathered[0].shape[0])}
         return self.loss_fn(pred, target, article)
@@ -135,7 +135,7 @@ class LVMTask:
                 f"model.name={cfg.model.name!r} is a baseline with nothing to train; the trainer reports it "
                 "beside every model anyway (or score it alone with `lvmkit eval`)"
             )
-        loss_fn = build_loss(cfg.loss)
+        loss_fn = build_loss(cfg.loss, dim=bank.dim)
         task = cls(cfg, bank, split, train, val, test, model, loss_fn, dist)
         if dist.is_main:
             from lvmkit.train.loop import log
@@ -172,7 +172,7 @@ class LVMTask:
 
     def loss(self, batch: WindowBatch) -> tuple[torch.Tensor, dict[str, float]]:
         total, parts = self._forward(batch.ctx, batch.mask, batch.target, batch.article)
-        return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+        return total, {k: float(v) for k, v in parts.items() if k != "total"}  # the loop logs the total
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Full-bank retrieval metrics of the model on the fixed val windows, copy_last's beside them."""
@@ -218,10 +218,14 @@ class LVMTask:
         return {"model": dict(self.model.spec), "bank": bank_stamp(self.bank)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Task state outside the modules' state dicts (the loss's own extra state, e.g. a queue)."""
-        extra = getattr(self.loss_fn, "extra_state", None)
-        return {"loss": extra() if callable(extra) else None}
+        """What the run trains on, to check on resume. (The InfoNCE queue is a buffer of the loss module, so
+        it is saved with ``modules()``.)"""
+        return {"split_sha256": self.split.hash, "train_windows": len(self.train), "ctx": self.train.ctx}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("loss") is not None:
-            self.loss_fn.load_extra_state(state["loss"])
+        mine = self.state_dict()
+        if state != mine:
+            raise ArtifactError(
+                f"the checkpoint was trained on other data ({state}) than this run now builds ({mine}); "
+                "the bank or split changed since. Start a new run."
+            )
