@@ -115,14 +115,15 @@ def test_delta_at_zero_residual_returns_the_last_vector(name, monkeypatch):
     np.testing.assert_allclose(model(ctx, left_mask([5, 3, 1], 5)).numpy(), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in TRAINABLE if n != "amn"])
-def test_delta_with_a_zeroed_output_layer_copies_the_last_vector(name):
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_untrained_delta_model_is_copy_last(name):
+    """Delta mode zeroes the output layer at init: the model starts exactly at the copy_last baseline."""
     model = make(name, delta=True)
-    torch.nn.init.zeros_(model.out_proj.weight)
-    torch.nn.init.zeros_(model.out_proj.bias)
-    ctx = rand_ctx(3, 5, seed=5)
+    assert model.out_proj.weight.abs().max() == 0
+    ctx, mask = rand_ctx(3, 5, seed=5), left_mask([5, 3, 1], 5)
     with torch.no_grad():
-        np.testing.assert_allclose(model(ctx).numpy(), ctx[:, -1].numpy(), atol=1e-6)
+        np.testing.assert_allclose(model(ctx, mask).numpy(), ctx[:, -1].numpy(), atol=1e-6)
+    assert make(name, delta=False).out_proj.weight.abs().max() > 0 or name == "amn"
 
 
 def test_untrained_amn_is_the_mean_baseline():
@@ -132,11 +133,11 @@ def test_untrained_amn_is_the_mean_baseline():
 
 
 # ------------------------------------------------------------------------------------------ training
-@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("name", [*TRAINABLE, "gru+delta", "amn+delta"])
 def test_each_trainable_model_overfits_eight_windows(name):
     torch.manual_seed(0)
     ctx, target = rand_ctx(8, 5, seed=10), rand_ctx(8, 1, seed=11)[:, 0]
-    model = make(name).train()
+    model = make(name.split("+")[0], delta=name.endswith("+delta")).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def loss():

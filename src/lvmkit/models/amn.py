@@ -6,7 +6,9 @@
     output   = normalise(baseline + residual)
 
 The MLP's last layer starts at zero, so an untrained AMN *is* the mean-of-context baseline and training can
-only move it away from there on purpose. The query is built from the context alone; it never sees the target.
+only move it away from there on purpose. In delta mode the anchor is the last context vector instead of the
+mean (output = normalise(ctx[:, -1] + residual)), so it starts as copy_last. The query is built from the
+context alone; it never sees the target.
 """
 
 from __future__ import annotations
@@ -59,4 +61,4 @@ class AMN(LVM):
         baseline = masked_mean(ctx, mask)
         attended = self.attend(baseline, ctx, mask)
         residual = self.out_proj(self.mlp(torch.cat([baseline, attended], dim=-1)))
-        return baseline + residual
+        return residual if self.delta else baseline + residual  # delta: the anchor is ctx[:, -1] instead

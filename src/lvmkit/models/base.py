@@ -10,7 +10,8 @@ every row. ``mask=None`` means no padding.
 
 A model family subclasses ``LVM`` and implements ``predict(ctx, mask) -> [B, d]``, an unnormalised vector.
 ``LVM.forward`` checks the inputs, then, in delta mode, adds the last context vector (so the family predicts a
-residual), and L2-normalises. Delta mode is therefore implemented once, here, for every model.
+residual), and L2-normalises. Delta mode is therefore implemented once, here, for every model; a trainable
+family also passes its output layer to ``start_at_copy_last`` so that in delta mode it starts as copy_last.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ class LVM(nn.Module, abc.ABC):
     @abc.abstractmethod
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         """Return an unnormalised prediction [B, d] (in delta mode: the residual added to ctx[:, -1])."""
+
+    def start_at_copy_last(self, layer: nn.Linear) -> None:
+        """Call with the final output layer. In delta mode it starts at zero, so the untrained model predicts
+        exactly ctx[:, -1] (the copy_last baseline) and training moves away from it only where that helps."""
+        if self.delta:
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, ctx: Tensor, mask: Tensor | None = None) -> Tensor:
         mask = self.check_inputs(ctx, mask)

@@ -187,6 +187,7 @@ class Mamba(LVM):
         self.drop = nn.Dropout(dropout)
         self.norm_f = nn.RMSNorm(hidden)
         self.out_proj = nn.Linear(hidden, dim)
+        self.start_at_copy_last(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         h = self.in_proj(ctx)

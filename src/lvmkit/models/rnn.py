@@ -72,6 +72,7 @@ class RecurrentLVM(LVM):
         self.in_proj = nn.Linear(dim, hidden)
         self.stack = RNNStack(hidden, layers, self.cell, dropout)
         self.out_proj = nn.Linear(hidden, dim)
+        self.start_at_copy_last(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         return self.out_proj(self.stack(self.in_proj(ctx), mask))
@@ -107,6 +108,7 @@ class MemoryGRU(LVM):
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * hidden)
         self.out_proj = nn.Linear(2 * hidden, dim)
+        self.start_at_copy_last(self.out_proj)
 
     def read(self, h: Tensor) -> Tensor:
         """Content-based read of the memory by hidden state h [B, hidden] -> [B, hidden]."""
@@ -151,6 +153,7 @@ class HierarchicalGRU(LVM):
         self.local = RNNStack(hidden, _positive(local_layers, "local_layers"), "gru", dropout)
         self.globl = RNNStack(hidden, _positive(global_layers, "global_layers"), "gru", dropout)
         self.out_proj = nn.Linear(hidden, dim)
+        self.start_at_copy_last(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = ctx.shape

@@ -106,6 +106,7 @@ class TransformerLVM(LVM):
         )
         self.ln_f = nn.LayerNorm(hidden)
         self.out_proj = nn.Linear(hidden, dim)
+        self.start_at_copy_last(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         length = ctx.shape[1]
