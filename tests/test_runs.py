@@ -165,3 +165,35 @@ def test_gate_triage_regression_fixes_and_nan_triage(tmp_path):
     assert "optim.lr=0.0003" in nan[0] and "clip_norm" in nan[1] and any("amp=false" in f for f in nan)
     text = write_nan_triage(tmp_path, cfg, 2, 41, 7, float("nan"), {"cos": float("nan")}, 0.003, 12.5)
     assert "step 42 (epoch 2, batch 8)" in text and "| cos | nan |" in text and "12.5" in text
+
+
+@pytest.mark.slow
+def test_detached_training_run_then_status_and_list(make_bank, tmp_path, monkeypatch):
+    """`lvmkit train --detach` returns at once; the background run finishes; `runs status/list` read it."""
+    from test_train import dynamic_bank
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the background process inherits it (tiny model: one thread)
+
+    bank = dynamic_bank(make_bank, tmp_path, n_articles=30)
+    out = tmp_path / "runs" / "gru"
+    sets = [
+        f"bank={bank.path}",
+        "data.ctx=3",
+        "data.batch_size=16",
+        "model.kwargs={hidden: 16, layers: 1}",
+        "optim.epochs=2",
+    ]
+    res = runner.invoke(app, ["train", "--out", str(out), "--detach", *[f"--set={s}" for s in sets]])
+    assert res.exit_code == 0 and "started pid" in res.output, res.output
+    pid = int((out / "train.pid").read_text())
+    os.waitpid(pid, 0)  # our child here; from a shell it simply keeps running after the CLI returns
+    st = read_status(RunPaths(out))
+    assert st["state"] == "finished" and st["pid"] == pid, (out / "stdout.log").read_text()
+    res = runner.invoke(app, ["runs", "status", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "finished" in res.output and "not running" in res.output
+    assert "test results" in res.output and "copy_last" in res.output
+    res = runner.invoke(app, ["runs", "list", str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "gru" in res.output and "finished" in res.output and "2/2" in res.output
+    # a second --detach into the same directory is refused before anything starts
+    res = runner.invoke(app, ["train", "--out", str(out), "--detach", *[f"--set={s}" for s in sets]])
+    assert res.exit_code == 2 and "already holds a run" in res.output
