@@ -206,3 +206,10 @@ def test_build_loss_errors_name_the_allowed_keys():
         build_loss({"cos": 1.0, "tau": "warm"})
     with pytest.raises(ConfigError, match="dim=bank.dim"):
         build_loss({"lambda_ar": 1.0, "lambda_con": 0.1})
+
+
+def test_regression_only_spec_needs_no_dim_and_has_no_head_or_queue():
+    loss = build_loss({"mse": 1.0, "queue": 16})  # a queue is only kept when InfoNCE uses it
+    assert loss.head is None and loss.queue is None
+    total, parts = loss(torch.ones(2, D), torch.ones(2, D))
+    assert total.item() == 0.0 and set(parts) == {"mse", "total"}

@@ -224,7 +224,7 @@ class LVMLoss(nn.Module):
     def __init__(self, spec: LossSpec, dim: int | None = None):
         super().__init__()
         self.spec = spec
-        needs_dim = spec.queue > 0 or (spec.contrastive and spec.uses_infonce)
+        needs_dim = spec.uses_infonce and (spec.queue > 0 or spec.contrastive)
         if needs_dim and (dim is None or int(dim) < 1):
             raise ConfigError("this loss has a queue or a projection head: build_loss(spec, dim=bank.dim)")
         self.head = (
