@@ -138,11 +138,8 @@ class Ridge(LVM):
     @torch.no_grad()
     def fit(self, ctx, mask, target) -> Ridge:
         """Fit on training windows: ctx [n, T, d], mask [n, T] or None, target [n, d] (tensors or numpy)."""
-        ctx = torch.as_tensor(np.asarray(ctx) if not isinstance(ctx, Tensor) else ctx, dtype=torch.float32)
-        target = torch.as_tensor(np.asarray(target) if not isinstance(target, Tensor) else target)
-        if mask is not None:
-            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
-        mask = self.check_inputs(ctx, mask)
+        ctx, target = torch.as_tensor(ctx, dtype=torch.float32), torch.as_tensor(target, dtype=torch.float32)
+        mask = self.check_inputs(ctx, None if mask is None else torch.as_tensor(mask))
         if target.shape != (ctx.shape[0], self.dim):
             raise ValueError(f"target must be [n, d] = {(ctx.shape[0], self.dim)}, got {tuple(target.shape)}")
         T = int(ctx.shape[1])
