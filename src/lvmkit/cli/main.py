@@ -10,6 +10,9 @@ them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
 from __future__ import annotations
 
 from lvmkit.cli import bank
+from lvmkit.cli import diagnose as diagnose_cli
+from lvmkit.cli import eval as eval_cli
+from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
 from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
@@ -26,6 +29,9 @@ app.command("search")(bank.search)
 app.add_typer(bank.bank_app, name="bank")
 app.command("train")(train_cli.train)
 app.add_typer(runs_cli.runs_app, name="runs")
+app.command("eval")(eval_cli.eval_command)
+app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
+app.command("report")(report_cli.report)
 # ------------------------------------------------------------------------------------------------------
 
 

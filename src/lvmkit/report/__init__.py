@@ -1,0 +1,168 @@
+"""Run reports: one self-contained HTML page (and a Markdown twin) for one or several runs.
+
+    paths = build_report(["runs/amn", "runs/gru"], "report.html")   # also writes report.md + report_files/
+
+What a run directory contributes (every part is optional, so a run still training, or an ``lvmkit eval``
+output directory, also makes a report):
+
+    history.jsonl     training curves: loss per step / epoch, val metrics per epoch, copy_last beside them
+    metrics.json      the results table against the baselines with 95% intervals, the offset sweep, per-label
+                      results, latency and gate outcomes. ``RUN/eval-test/metrics.json`` (written by
+                      ``lvmkit eval RUN``, with latency and gates) is preferred over the trainer's ``RUN/metrics.json``
+    config.yaml       the resolved config, shown verbatim; its epoch gates are re-checked against history.jsonl
+    status.json       state, best epoch
+
+``load_run`` reads a directory into a ``RunData``; ``html.render_html`` and ``markdown.render_markdown`` turn a
+list of them into text; ``build_report`` does all of it and writes the files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lvmkit.artifacts import read_json, read_jsonl, write_text
+from lvmkit.errors import ArtifactError
+
+METRICS_CANDIDATES = ("eval-test/metrics.json", "metrics.json")
+
+
+@dataclass
+class RunData:
+    """Everything the report shows about one run, read from its directory."""
+
+    path: Path
+    name: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    config_text: str | None = None
+    config: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    metrics_source: Path | None = None
+    training_gates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str | None:
+        """The row of the results table that is this run's model."""
+        if not self.metrics:
+            return None
+        if self.metrics.get("primary"):
+            return self.metrics["primary"]
+        comps = self.metrics.get("comparisons") or []
+        if comps:
+            return comps[0]["model"]
+        model = (self.config or {}).get("model", {}).get("name")
+        return model if model in (self.metrics.get("results") or {}) else None
+
+    @property
+    def eval_gates(self) -> dict[str, Any] | None:
+        return (self.metrics or {}).get("gates")
+
+
+def recheck_training_gates(
+    config: dict[str, Any] | None, history: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The config's epoch gates checked against the history's epoch rows (what the trainer checked)."""
+    from lvmkit.eval.gates import check_gates
+
+    rows = []
+    epochs = {r.get("epoch"): r for r in history if r.get("kind") == "epoch"}
+    for g in (config or {}).get("gates") or []:
+        rule = {k: g[k] for k in ("metric", "min", "max", "epoch") if g.get(k) is not None}
+        row = epochs.get(g.get("epoch"))
+        if row is None:
+            rows.append({**rule, "value": None, "held": None, "note": "epoch not reached"})
+            continue
+        if g["metric"] not in row:
+            rows.append({**rule, "value": None, "held": False, "note": "metric not recorded"})
+            continue
+        r = check_gates(row, [rule]).rows[0]
+        rows.append({**rule, "value": r.value, "held": r.held, "bound": r.bound})
+    return rows
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunData:
+    """Read a run directory (or an ``lvmkit eval`` output directory) for the report."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(
+            f"{path} is not a directory: give run directories made by `lvmkit train` or `lvmkit eval`"
+        )
+    run = RunData(path=path, name=name or path.name)
+    run.history = read_jsonl(path / "history.jsonl")
+    if (path / "status.json").is_file():
+        run.status = read_json(path / "status.json")
+    if (path / "config.yaml").is_file():
+        run.config_text = (path / "config.yaml").read_text(encoding="utf-8")
+        run.config = yaml.safe_load(run.config_text) or {}
+    for rel in METRICS_CANDIDATES:
+        if (path / rel).is_file():
+            run.metrics, run.metrics_source = read_json(path / rel), path / rel
+            break
+    if not (run.history or run.metrics or run.config):
+        raise ArtifactError(
+            f"{path} holds none of history.jsonl, metrics.json, config.yaml: not a run directory made by "
+            "`lvmkit train` or an `lvmkit eval` output"
+        )
+    run.training_gates = recheck_training_gates(run.config, run.history)
+    return run
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Directory names, with the parent prepended where two runs share a name."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    figures: Path
+
+
+def build_report(
+    runs: list[str | Path], out: str | Path = "report.html", title: str | None = None
+) -> ReportPaths:
+    """Write ``out`` (self-contained HTML), ``out`` with suffix .md, and the figures as PNG files in
+    ``<stem>_files/`` (referenced by the Markdown). Returns the three paths."""
+    from lvmkit.report import plots
+    from lvmkit.report.html import render_html
+    from lvmkit.report.markdown import render_markdown
+
+    if not runs:
+        raise ArtifactError("give at least one run directory")
+    paths = [Path(r) for r in runs]
+    data = [load_run(p, n) for p, n in zip(paths, unique_names(paths), strict=True)]
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        out = out.with_suffix(".html")
+    figures = render_figures(data, plots)
+    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = title or ("lvmkit report: " + ", ".join(r.name for r in data))
+    write_text(out, render_html(data, figures, title, generated))
+    fig_dir = out.parent / f"{out.stem}_files"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for key, png in figures.items():
+        (fig_dir / f"{key}.png").write_bytes(png)
+    md = out.with_suffix(".md")
+    write_text(md, render_markdown(data, {k: f"{fig_dir.name}/{k}.png" for k in figures}, title, generated))
+    return ReportPaths(out, md, fig_dir)
+
+
+def render_figures(data: list[RunData], plots) -> dict[str, bytes]:
+    """Every figure of the report as PNG bytes, keyed ``curves`` or ``<run index>-<kind>``."""
+    figs: dict[str, bytes | None] = {"curves": plots.training_curves([(r.name, r.history) for r in data])}
+    for i, r in enumerate(data):
+        if r.metrics:
+            figs[f"{i}-bars"] = plots.metric_bars(r.metrics)
+            figs[f"{i}-offsets"] = plots.offset_sweep({**r.metrics, "primary": r.primary})
+            figs[f"{i}-labels"] = plots.label_bars({**r.metrics, "primary": r.primary})
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+__all__ = ["ReportPaths", "RunData", "build_report", "load_run", "recheck_training_gates"]

@@ -1,0 +1,178 @@
+"""``lvmkit eval``: score a run, a checkpoint or a baseline against every baseline, searching the whole bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lvmkit.cli.common import console, err_console, make_progress
+
+EXIT_GATES_FAILED = 1
+
+
+def eval_command(
+    target: str = typer.Argument(
+        ...,
+        help="A run directory, a checkpoint (.pt), or baseline:NAME (copy_last, mean_ctx, exp_weighted, "
+        "ridge, oracle).",
+        show_default=False,
+    ),
+    bank: Path = typer.Option(..., "--bank", "-b", help="The bank to search (its full set of chunks)."),
+    split: str = typer.Option(
+        "test", "--split", help="Which split's windows are the queries: train, val, test."
+    ),
+    index: str = typer.Option(
+        None, "--index", help="flat (exact), or the bank's stored ivf / hnsw index. Default: the bank's own."
+    ),
+    nprobe: int = typer.Option(None, "--nprobe", help="IVF nprobe (HNSW efSearch) for this evaluation."),
+    gates: Path = typer.Option(
+        None,
+        "--gates",
+        help="YAML/JSON gates, e.g. {hit@5: {min: 0.4}, p95_ms: {max: 1.45}}: exit 1 if one fails.",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Where metrics.json / metrics.md go (default RUN/eval-SPLIT, or ./eval-...).",
+    ),
+    no_exclude_context: bool = typer.Option(
+        False, "--no-exclude-context", help="Leave the window's own context chunks among the candidates."
+    ),
+    max_queries: int = typer.Option(
+        None,
+        "--max-queries",
+        help="Evaluate a seeded sample of at most N windows (default: the run's cap / 10,000).",
+    ),
+    split_file: Path = typer.Option(
+        None, "--split-file", help="A split.json to use instead of the run's own (must match the bank)."
+    ),
+    ctx: int = typer.Option(5, "--ctx", help="Context length for a baseline (a run uses its own)."),
+    latency_n: int = typer.Option(
+        200, "--latency-n", help="Requests timed at batch size 1 (0 = skip latency)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
+) -> None:
+    """Evaluate on the chosen split: Hit@1/5/10/50, Contain@50, Eff@5, MRR@10, cosine, contrastive accuracy,
+    offset sweep and latency, beside copy_last, mean_ctx, exp_weighted, ridge and the oracle, with 95% bootstrap
+    intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
+
+    Example: lvmkit eval runs/gru --bank banks/enwiki --split test --gates gates.yaml
+    """
+    from rich.table import Table
+
+    from lvmkit.eval.command import run_eval
+
+    progress = make_progress(transient=True)
+    tasks: dict[str, int] = {}
+    last_done = {"evaluating": 0}
+    counter = {"model": 0}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(
+                stage, total=total, unit="queries" if stage == "evaluating" else ""
+            )
+        if stage == "evaluating" and done <= last_done["evaluating"]:
+            counter["model"] += 1  # a new predictor of the suite started over
+        last_done["evaluating"] = done if stage == "evaluating" else last_done["evaluating"]
+        desc = f"evaluating predictor {counter['model']}" if stage == "evaluating" else stage
+        progress.update(tasks[stage], completed=done, total=total, description=desc)
+
+    with progress:
+        outcome = run_eval(
+            target,
+            bank,
+            split=split,
+            index=index,
+            nprobe=nprobe,
+            gates=gates,
+            out=out,
+            exclude_context=not no_exclude_context,
+            max_queries=max_queries,
+            split_file=split_file,
+            ctx=ctx,
+            split_seed=seed,
+            latency_n=latency_n,
+            seed=seed,
+            progress=on_progress,
+        )
+
+    info = outcome.info
+    console.print(
+        f"[bold]{info['described']}[/bold] on {info['n_queries']} {info['split']} windows of {info['bank']} "
+        f"({info['encoder']})"
+    )
+    console.print(results_table(outcome.suite, outcome.target.name))
+    for c in outcome.suite.comparisons:
+        console.print(
+            f"{c.model} vs best baseline {c.baseline} on {c.metric}: {100 * c.diff:+.1f} points "
+            f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): [bold]{c.verdict}[/bold]"
+        )
+    for name, why in outcome.suite.skipped.items():
+        err_console.print(f"[yellow]{name} skipped: {why}[/yellow]")
+    if outcome.latency is not None:
+        lat = outcome.latency
+        console.print(
+            f"latency of {outcome.target.name} (batch 1, forward + search): P50 {lat.p50_ms:.2f} ms, "
+            f"P95 {lat.p95_ms:.2f} ms, P99 {lat.p99_ms:.2f} ms; {lat.qps:,.0f} queries/s batched"
+        )
+    if outcome.gates is not None:
+        gt = Table(title="gates", show_lines=False)
+        for col in ("metric", "value", "bound", "held"):
+            gt.add_column(col, justify="right" if col == "value" else "left")
+        for r in outcome.gates.rows:
+            value = "missing" if r.value is None else f"{r.value:.4g}"
+            gt.add_row(
+                r.metric, value, r.bound, "[green]yes[/green]" if r.held else "[bold red]no[/bold red]"
+            )
+        console.print(gt)
+    console.print(f"wrote {outcome.metrics_json} and {outcome.metrics_md}")
+    if not outcome.ok:
+        err_console.print(
+            f"[bold red]{len(outcome.gates.failed)} of {len(outcome.gates.rows)} gates failed[/bold red]"
+        )
+        raise typer.Exit(EXIT_GATES_FAILED)
+
+
+def results_table(suite, primary: str):
+    """A compact rich table of the suite (rates in %; the full table with every interval is in metrics.md):
+    the target's row in bold, the oracle dimmed, hit@5's 95% interval in its own column."""
+    from rich.table import Table
+
+    cols = [
+        "hit@1",
+        "hit@5",
+        "hit@5 95% CI",
+        "hit@10",
+        "hit@50",
+        "contain@50",
+        "eff@5",
+        "mrr@10",
+        "cos",
+        "margin",
+    ]
+    table = Table(show_lines=False, pad_edge=False)
+    table.add_column("model", no_wrap=True)
+    for c in cols:
+        table.add_column(c, justify="right", no_wrap=True)
+    for name, r in suite.items():
+        m = r.metrics
+        lo, hi = r.intervals.get("hit@5", (float("nan"), float("nan")))
+        margin = f"{m['offset_margin']:+.3f}" + (" [red]collapse[/red]" if r.info.get("collapse") else "")
+        cells = [
+            f"{100 * m['hit@1']:.1f}",
+            f"{100 * m['hit@5']:.1f}",
+            f"{100 * lo:.1f}-{100 * hi:.1f}",
+            f"{100 * m['hit@10']:.1f}",
+            f"{100 * m['hit@50']:.1f}",
+            f"{100 * m['contain@50']:.1f}",
+            f"{100 * m['eff@5']:.1f}",
+            f"{m['mrr@10']:.3f}",
+            f"{m['cos']:.3f}",
+            margin,
+        ]
+        style = "bold" if name == primary else ("dim" if name == "oracle" else None)
+        table.add_row(name, *cells, style=style)
+    return table
