@@ -43,7 +43,10 @@ from lvmkit.train.triage import gate_rules, write_gate_triage, write_nan_triage
 
 # Tasks by config name ("module:Class"); each class has ``from_config(cfg, run, dist, rng, resume)``.
 # The two-tower task registers itself here with one line.
-TASKS: dict[str, str] = {"lvm": "lvmkit.train.lvm_task:LVMTask"}
+TASKS: dict[str, str] = {
+    "lvm": "lvmkit.train.lvm_task:LVMTask",
+    "twotower": "lvmkit.train.twotower_task:TwoTowerTask",
+}
 
 # Fields that may change between a run and its resume: they do not alter the trajectory already trained.
 RESUMABLE_CHANGES = (
@@ -225,6 +228,7 @@ def train(
         last_grad_norm: float | None = None
 
         # 4. Epochs.
+        decision: dict[str, Any] = {}  # the last end-of-epoch decision (stop, message, error)
         while p.epoch <= cfg.optim.epochs and p.stop is None:
             epoch = p.epoch
             hook_info = task.on_epoch_start(epoch)
@@ -334,7 +338,7 @@ def train(
                     checkpoint(run.last)
 
             # 5. End of epoch: validate (rank 0), record, early stopping, gates, checkpoints.
-            decision: dict[str, Any] = {"stop": None, "error": None}
+            decision = {"stop": None, "error": None}
             train_windows = D.sum_ranks(p.windows, dist)
             if main:
                 try:
@@ -368,12 +372,18 @@ def train(
                     log(run, epoch_line(metrics, metric))
                     rules = gate_rules(cfg.gates, epoch)
                     report = check_gates(metrics, rules) if rules else None
+                    # A task may have its own stop rule (the two-tower abort): should_stop(epoch, metrics) returns
+                    # None or the reason, having written its own triage.md. The run then stops like a failed gate.
+                    stop_rule = getattr(task, "should_stop", None)
                     if report is not None and not report.ok:
                         decision["stop"] = "stopped_gate"
                         write_gate_triage(
                             run.root, cfg, epoch, report.to_markdown(), metrics, read_jsonl(run.history)
                         )
                         log(run, f"STOP: gate failed after epoch {epoch}; see triage.md")
+                    elif callable(stop_rule) and (reason := stop_rule(epoch, metrics)):
+                        decision["stop"], decision["message"] = "stopped_gate", f"{reason}; see triage.md"
+                        log(run, f"STOP after epoch {epoch}: {reason}; see triage.md")
                     elif cfg.early_stopping.patience and p.bad_epochs >= cfg.early_stopping.patience:
                         decision["stop"] = "early_stopped"
                         log(
@@ -408,7 +418,8 @@ def train(
         # 6. The end: final evaluation of the best checkpoint on the test split.
         state = p.stop or "finished"
         if state == "stopped_gate":
-            return finish(run, state, emit, main, p, dist, message="a gate failed; see triage.md")
+            message = decision.get("message") or "a gate failed; see triage.md"
+            return finish(run, state, emit, main, p, dist, message=message)
         if main and cfg.final_eval:
             if run.best.exists():
                 best = load_checkpoint(run.best, map_location=dist.device)

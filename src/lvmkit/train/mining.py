@@ -257,15 +257,24 @@ class NegativeStore:
         return self.ids[pos]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pair_ids": self.pair_ids, "ids": self.ids, "epoch": self.epoch, "stats": dict(self.stats)}
+        """Tensors and plain values only (checkpoints load with ``torch.load(weights_only=True)``)."""
+        import torch
+
+        return {
+            "pair_ids": torch.from_numpy(self.pair_ids.copy()),
+            "ids": torch.from_numpy(self.ids.copy()),
+            "epoch": int(self.epoch),
+            "stats": dict(self.stats),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NegativeStore:
+        def arr(x) -> np.ndarray:
+            return np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.int64)
+
+        ids = arr(state["ids"])
         return cls(
-            np.asarray(state["pair_ids"], dtype=np.int64),
-            np.asarray(state["ids"], dtype=np.int64),
-            int(state["epoch"]),
-            dict(state["stats"]),
+            arr(state["pair_ids"]), ids.reshape(len(ids), -1), int(state["epoch"]), dict(state["stats"])
         )
 
 

@@ -5,16 +5,20 @@ checked after that epoch's validation with ``lvmkit.eval.gates.check_gates``. A 
 loss stops the run cleanly (checkpoint saved, ``status.json`` updated) and writes ``RUN/triage.md``: the
 evidence (the gate table or the offending step's loss parts) followed by an ordered list of fixes, each with
 the ``--set`` overrides to try. The order is the one that has paid off most often, cheapest first.
+A two-tower run whose separation margin collapses is aborted by its task (``write_abort_triage``): the fixes
+then rewrite its hard-negative curriculum (a narrower window, fewer negatives) before touching the temperature.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
 from lvmkit.artifacts import write_text
 from lvmkit.train.config import GateConfig, RunConfig
+from lvmkit.train.mining import Schedule, parse_schedule
 
 TRIAGE_FILE = "triage.md"
 
@@ -34,6 +38,8 @@ def gate_rules(gates: list[GateConfig], epoch: int) -> list[dict[str, Any]]:
 def gate_fixes(cfg: RunConfig) -> list[tuple[str, str]]:
     """Ordered (what to try, why) for a failed quality gate, adapted to the run's loss."""
     d, o, lr = cfg.data, cfg.optim, cfg.optim.lr
+    if cfg.task == "twotower":
+        return twotower_fixes(cfg)
     if is_contrastive(cfg):
         tau = cfg.loss.get("tau", 0.07)
         queue = int(cfg.loss.get("queue", 0) or 0)
@@ -127,6 +133,91 @@ def nan_fixes(cfg: RunConfig) -> list[tuple[str, str]]:
         )
     )
     return fixes
+
+
+# ------------------------------------------------------------------------------------------ two-tower
+def _stages_with(schedule: Schedule, change) -> str:
+    """The schedule string with ``change(stage)`` applied to every mining stage."""
+    return str(Schedule(tuple(change(st) if st.mines else st for st in schedule.stages)))
+
+
+def narrower_window(schedule: Schedule, step: float = 0.02) -> str:
+    """Every mining window's upper end lowered by ``step`` (kept above its lower end): fewer near-paraphrases."""
+    return _stages_with(schedule, lambda st: replace(st, hi=round(max(st.lo + step / 2, st.hi - step), 4)))
+
+
+def fewer_negatives(schedule: Schedule) -> str:
+    """Every mining stage with half as many negatives (at least 1)."""
+    return _stages_with(schedule, lambda st: replace(st, count=max(1, st.count // 2)))
+
+
+def twotower_fixes(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Ordered (what to try, why) for a two-tower run that collapsed or failed a gate: the curriculum first
+    (a narrower window, fewer negatives), then the temperature, then the memory bank."""
+    tt = dict(cfg.twotower or {})
+    schedule = parse_schedule(tt.get("schedule"))
+    tau = float(tt.get("tau", 0.05))
+    memory = int(tt.get("memory", 50_000))
+    fixes = []
+    if schedule.max_count:
+        fixes += [
+            (
+                f'Narrower mining window: `--set "twotower.schedule={narrower_window(schedule)}"` '
+                f"(now {schedule})",
+                "negatives near the top of the window are often paraphrases of the answer; pushing them away "
+                "pulls every query toward a common direction and the separation margin collapses.",
+            ),
+            (
+                f'Fewer mined negatives: `--set "twotower.schedule={fewer_negatives(schedule)}"`',
+                "many hard negatives per pair dominate the softmax; fewer keep the in-batch signal alive.",
+            ),
+        ]
+    fixes.append(
+        (
+            f"Lower temperature: `--set twotower.tau={_fmt(tau * 0.9)}` (now {_fmt(tau)})",
+            "a sharper softmax separates the positive from the bulk of the negatives more strongly.",
+        )
+    )
+    if memory:
+        fixes.append(
+            (
+                f"Smaller memory bank: `--set twotower.memory={max(1024, memory // 4)}`",
+                "old entries were encoded by an older tower (stale); with an adapter they drift most.",
+            )
+        )
+    fixes.append(
+        (
+            "Start mining later: keep `none` for more of the first epochs of `twotower.schedule`",
+            "hard negatives help once the tower beats the heuristics on easy ones, not before.",
+        )
+    )
+    return fixes
+
+
+def write_abort_triage(
+    run_dir: str | os.PathLike,
+    cfg: RunConfig,
+    epoch: int,
+    reason: str,
+    evals: list[tuple[int, float]],
+    metric: str = "sep_margin",
+) -> str:
+    """Write RUN/triage.md for a two-tower abort (the separation margin collapsed); returns the text."""
+    rows = "\n".join(f"| {e} | {_num(v)} |" for e, v in evals) or "| - | - |"
+    lines = [
+        f"# Triage: two-tower run aborted after epoch {epoch}",
+        "",
+        f"Abort rule: {reason}.",
+        "The run stopped; abort.pt holds the weights at this evaluation and last.pt the full training state.",
+        "",
+        f"| epoch | val {metric} |",
+        "|---|---|",
+        rows,
+    ]
+    lines += _fix_lines(twotower_fixes(cfg), "two-tower collapse")
+    text = "\n".join(lines) + "\n"
+    write_text(os.path.join(run_dir, TRIAGE_FILE), text)
+    return text
 
 
 # -------------------------------------------------------------------------------------- reports
