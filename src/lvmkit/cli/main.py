@@ -12,6 +12,7 @@ from __future__ import annotations
 from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
+from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
 from lvmkit.cli import train as train_cli
@@ -32,6 +33,7 @@ app.add_typer(runs_cli.runs_app, name="runs")
 app.command("eval")(eval_cli.eval_command)
 app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
+app.command("pairs")(pairs_cli.pairs)
 # ------------------------------------------------------------------------------------------------------
 
 
