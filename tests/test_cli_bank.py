@@ -107,3 +107,59 @@ def test_unexpected_exceptions_are_not_swallowed(make_bank, tmp_path, monkeypatc
     monkeypatch.setattr("lvmkit.cli.bank.human_bytes", boom)
     result = invoke("bank", "info", bank.path)
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+# ------------------------------------------------------------------------------------------------ search
+@pytest.fixture(scope="module")
+def hash_bank(tmp_path_factory):
+    """A bank of 30 embedded-corpus articles encoded with the deterministic hashing encoder."""
+    from lvmkit.bank.ingest import ingest
+
+    return ingest(
+        "embedded",
+        tmp_path_factory.mktemp("b") / "bank",
+        encoder="hash:64",
+        backend="hash",
+        limit_articles=30,
+    )
+
+
+def test_search_finds_the_chunk_whose_text_is_the_query(hash_bank):
+    row = len(hash_bank) // 2
+    text = hash_bank.texts([row])[0]
+    result = invoke("search", hash_bank.path, text, "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["chunk_id"] == row and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert hits[0]["text"] == text and hits[0]["title"] == hash_bank.titles([row])[0]
+    # the same ranking as searching the bank with the encoder directly
+    from lvmkit.encode import load_encoder
+
+    scores, ids = hash_bank.search(load_encoder("hash:64").encode([text]), 3)
+    assert [h["chunk_id"] for h in hits] == ids[0].tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], scores[0], rtol=1e-6)
+
+
+def test_search_table_truncates_texts(hash_bank):
+    result = invoke("search", hash_bank.path, hash_bank.texts([0])[0], "-k", "2", "--width", "12")
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output and "chunk_id" in result.output
+    assert hash_bank.texts([0])[0][:11] + "…" in result.output
+
+
+def test_search_refuses_an_encoder_from_another_space(hash_bank, monkeypatch):
+    import lvmkit.encode
+
+    real = lvmkit.encode.load_encoder
+
+    def other_space(name=None, backend="st", device="auto"):
+        enc = real("hash:32")  # 32-d: not the bank's 64-d space
+        return enc
+
+    monkeypatch.setattr(lvmkit.encode, "load_encoder", other_space)
+    assert_user_error(invoke("search", hash_bank.path, "anything"), "cannot be mixed")
+
+
+def test_search_rejects_bad_k(hash_bank):
+    assert_user_error(invoke("search", hash_bank.path, "x", "-k", "0"), "-k must be >= 1")

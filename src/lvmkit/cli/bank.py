@@ -23,9 +23,6 @@ BankArg = Annotated[
     Path, typer.Argument(help="Bank directory (made by `lvmkit ingest`).", show_default=False)
 ]
 
-# Encoder backends a bank can record, and the `load_encoder` backend that reproduces each.
-_LOAD_BACKEND = {"sentence-transformers": "st", "st": "st", "onnx-int8": "onnx-int8", "hash": "hash"}
-
 
 # ------------------------------------------------------------------------------------------------ ingest
 def ingest(
@@ -203,12 +200,7 @@ def search(
         raise ConfigError(f"-k must be >= 1 (got {k})")
     vb = VectorBank.open(bank)
     info = vb.encoder
-    load_backend = backend or _LOAD_BACKEND.get(info.backend)
-    if load_backend is None:
-        raise ConfigError(
-            f"bank {bank} was encoded with backend {info.backend!r}, which lvmkit cannot load; "
-            f"pass --backend ({', '.join(sorted(set(_LOAD_BACKEND.values())))})"
-        )
+    load_backend = backend or info.backend  # load_encoder knows "sentence-transformers" as "st"
     enc = load_encoder(info.name, backend=load_backend, device=device)
     check_same_space(vb.encoder, enc.info, f"bank {bank}", f"the query encoder ({load_backend})")
     query = enc.encode([text])
