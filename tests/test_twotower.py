@@ -336,6 +336,8 @@ def test_pairs_cli_then_train_cli_with_curriculum(make_bank, tmp_path):
     assert "| bigru_pool |" in (out / "metrics.md").read_text()
     ckpt = load_checkpoint(out / "best.pt")
     assert set(ckpt["modules"]) == {"model", "doc", "memory"} and ckpt["doc_tower"]["name"] == "adapter"
+    res = invoke("eval", out, "--bank", bank.path, "--latency-n", 0)  # an adapter run cannot be scored as-is
+    assert res.exit_code == 2 and "document tower 'adapter'" in res.output, res.output
     res = invoke("runs", "status", out)
     assert res.exit_code == 0 and "finished" in res.output, res.output
 
@@ -389,6 +391,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_bank, tmp_path):
         for k, v in a["modules"][name].items():
             torch.testing.assert_close(b["modules"][name][k], v, atol=0, rtol=0)
     assert "restored from the checkpoint" in (tmp_path / "crashed/train.log").read_text()
+
+    # the shared tools read two-tower runs too: `lvmkit eval` and `lvmkit diagnose model` score the query tower
+    res = invoke("eval", tmp_path / "straight", "--bank", bank.path, "--latency-n", 0, "--max-queries", 20)
+    assert res.exit_code == 0, res.output
+    assert "bigru_pool" in (tmp_path / "straight/eval-test/metrics.md").read_text()
+    res = invoke("diagnose", "model", tmp_path / "straight", "--bank", bank.path, "--max-queries", 20)
+    assert res.exit_code in (0, 1) and "separation" in res.output.lower(), res.output
 
 
 def test_loss_section_and_unknown_early_stopping_metric_are_refused(make_bank, tmp_path):

@@ -92,9 +92,18 @@ def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Modu
     return str(ckpt["model"].get("name", "model")), model.eval()
 
 
+def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
+    """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
+    from lvmkit.train.twotower_task import load_query_tower
+
+    return load_query_tower(ckpt, path)
+
+
 # How a checkpoint of each task becomes a predictor ``(name, nn.Module | callable on a WindowBatch)``.
-# The two-tower task adds ``"twotower": <loader of its query tower>`` here.
-PREDICTOR_LOADERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, Any]]] = {"lvm": _lvm_predictor}
+PREDICTOR_LOADERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, Any]]] = {
+    "lvm": _lvm_predictor,
+    "twotower": _twotower_predictor,
+}
 
 
 def resolve_target(spec: str, bank: VectorBank) -> Target:

@@ -704,6 +704,28 @@ class TwoTowerTask:
         return NegativeStore(pair_ids[order], ids[order], epoch=epoch, stats=stats)
 
 
+# ------------------------------------------------------------------------------------------ checkpoints
+def load_query_tower(ckpt: dict[str, Any], path: str | Path = "the checkpoint") -> tuple[str, nn.Module]:
+    """The query tower of a two-tower checkpoint, in eval mode, as ``(name, model)`` (for ``lvmkit eval`` and
+    ``lvmkit diagnose model``, which search the bank as stored).
+
+    Only a run whose document tower is ``identity`` can be scored that way: with an ``adapter`` the bank must
+    first go through the adapter (``TwoTowerTask.doc_bank``), so such a run is refused with a ConfigError."""
+    doc = (ckpt.get("doc_tower") or {}).get("name", "identity")
+    if doc != "identity":
+        raise ConfigError(
+            f"{path} is a two-tower run with document tower {doc!r}: its queries only make sense against the "
+            "bank re-encoded through that tower. Its test numbers are in the run's metrics.json (computed that "
+            "way); to score it elsewhere use lvmkit.train.twotower_task.evaluate_retrieval with "
+            "TwoTowerTask.doc_bank()"
+        )
+    if "model" not in ckpt.get("modules", {}):
+        raise ConfigError(f"{path} holds no query tower (no module named 'model')")
+    model = build_model(**ckpt["model"])
+    model.load_state_dict(ckpt["modules"]["model"])
+    return str(ckpt["model"].get("name", "query_tower")), model.eval()
+
+
 # ------------------------------------------------------------------------------------------ pure helpers
 def abort_due(evals: list[tuple[int, float]], rule: AbortConfig) -> bool:
     """True when the last ``rule.consecutive`` evaluations all come after ``rule.after_epoch`` and all have
