@@ -131,3 +131,24 @@ def test_not_a_run(tmp_path):
         build_report([tmp_path / "empty"], tmp_path / "r.html")
     res = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 2 and "not a directory" in res.output
+
+
+def test_two_tower_results_show_recall_columns():
+    from lvmkit.report.html import results_table, table_columns
+
+    m = {
+        "recall@500": 0.4,
+        "recall@10": 0.1,
+        "recall@100": 0.3,
+        "hit@10": 0.1,
+        "mrr@10": 0.05,
+        "sep_margin": 0.2,
+    }
+    results = {
+        "bigru_pool": {"metrics": m, "intervals": {"recall@500": [0.35, 0.45]}, "info": {"n_queries": 9}}
+    }
+    assert table_columns(results) == ["recall@10", "recall@100", "recall@500", "mrr@10", "sep_margin"]
+    assert "<td>40.0<small>35.0–45.0</small></td>" in results_table({"results": results}, "bigru_pool")
+    lvm = {"m": {"metrics": {"hit@5": 0.2, "hit@50": 0.5, "ca_inbatch": 0.9, "cos": 0.3}}}
+    assert table_columns(lvm) == ["hit@5", "hit@50", "cos", "ca_inbatch"]
+    assert table_columns(lvm, compact=True) == ["hit@5", "cos"]

@@ -29,7 +29,23 @@ TABLE_COLUMNS = (
     "ca_other",
 )
 COMPACT_COLUMNS = ("hit@1", "hit@5", "hit@10", "contain@50", "eff@5", "mrr@10", "cos", "ca_other")
-PERCENT = ("hit@", "contain@", "eff@", "ca_")
+PERCENT = ("hit@", "recall@", "contain@", "eff@", "ca_")
+TWO_TOWER_TAIL = ("mrr@10", "cos", "sep_margin", "ca_other")
+
+
+def table_columns(results: dict[str, Any], compact: bool = False) -> list[str]:
+    """The metric columns of a results table, in reading order, keeping only those some row has.
+
+    LVM results use ``TABLE_COLUMNS`` (``COMPACT_COLUMNS`` side by side); two-tower results, which carry
+    ``recall@k`` at the retriever's own depths (10, 100, 500, 1000), show those, then MRR, cosine and the
+    separation margin."""
+    keys = {k for r in results.values() for k in (r.get("metrics") or {})}
+    recall = sorted(
+        (k for k in keys if k.startswith("recall@") and k[7:].isdigit()), key=lambda k: int(k[7:])
+    )
+    wanted = [*recall, *TWO_TOWER_TAIL] if recall else (COMPACT_COLUMNS if compact else TABLE_COLUMNS)
+    return [c for c in wanted if c in keys]
+
 
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #1d2125;
@@ -85,8 +101,7 @@ def results_table(metrics: dict[str, Any], primary: str | None, compact: bool = 
     results = metrics.get("results") or {}
     if not results:
         return '<p class="muted">no results</p>'
-    wanted = COMPACT_COLUMNS if compact else TABLE_COLUMNS
-    cols = [c for c in wanted if any(c in r.get("metrics", {}) for r in results.values())]
+    cols = table_columns(results, compact)
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
     rows = []
     for name, r in results.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lvmkit.report.html import PERCENT, TABLE_COLUMNS
+from lvmkit.report.html import PERCENT, table_columns
 
 
 def _v(key: str, v: Any) -> str:
@@ -27,7 +27,7 @@ def _cell(key: str, r: dict[str, Any]) -> str:
 
 def results_table(metrics: dict[str, Any], primary: str | None) -> list[str]:
     results = metrics.get("results") or {}
-    cols = [c for c in TABLE_COLUMNS if any(c in r.get("metrics", {}) for r in results.values())]
+    cols = table_columns(results)
     lines = ["| model | " + " | ".join(cols) + " | offset margin | n |", "|---|" + "---:|" * (len(cols) + 2)]
     for name, r in results.items():
         label = f"**{name}**" if name == primary else name
