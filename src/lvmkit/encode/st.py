@@ -111,10 +111,15 @@ def load_sentence_transformer(source: ModelSource, device: str) -> tuple[Any, Mo
     try:
         model = SentenceTransformer(where, device=device)
     except Exception as e:
+        hint = (
+            f"{where} is not a loadable sentence-transformers model directory"
+            if source.path is not None
+            else "a hub model id that is not in the local Hugging Face cache needs network access, "
+            "which this environment may not have"
+        )
         raise LvmkitError(
-            f"cannot load encoder {source.name!r} ({type(e).__name__}: {e}). A hub model id needs network "
-            "access, which this environment may not have; the offline default (encoder=None, "
-            f"i.e. {DEFAULT_MODEL} from the package {DEFAULT_PACKAGE}) always works."
+            f"cannot load encoder {source.name!r} ({type(e).__name__}: {e}): {hint}. The offline default "
+            f"(encoder None, i.e. {DEFAULT_MODEL} from the package {DEFAULT_PACKAGE}) always works."
         ) from e
     if source.path is None:
         source = _hub_source(source.name)
