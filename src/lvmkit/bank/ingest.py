@@ -60,7 +60,7 @@ ProgressFn = Callable[[str, int, "int | None"], None]
 
 - ``"count"``: articles found by a quick read-only pass (run only when a progress callback is given;
   it reads but does not chunk, since sentence splitting costs about as much as a fifth of encoding);
-  total None.
+  total None until the last call, which has done == total.
 - ``"skip"``: chunks found already encoded on disk by an earlier, interrupted run (reported once per
   resumed shard; a display should restart its rate estimate from here).
 - ``"encode"``: chunks encoded so far (resumed ones included); total = an *estimate* of all chunks,
@@ -215,6 +215,7 @@ def _count_articles(articles: Iterator, progress: ProgressFn) -> int:
     for n, _ in enumerate(articles, 1):
         if n % 500 == 0:
             progress("count", n, None)
+    progress("count", n, n)  # done
     return n
 
 

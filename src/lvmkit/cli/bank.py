@@ -74,6 +74,7 @@ def ingest(
     t0 = time.perf_counter()
     try:
         with make_progress() as progress:
+            bars = _StageBars(progress)
             bank = run_ingest(
                 corpus,
                 out,
@@ -86,7 +87,7 @@ def ingest(
                 shard_size=shard_size,
                 dtype=dtype,
                 device=device,
-                progress=_stage_bars(progress),
+                progress=bars,
                 overwrite=overwrite,
             )
     except KeyboardInterrupt:
@@ -103,35 +104,51 @@ def ingest(
         f"({m.encoder.name}, {m.encoder.backend})"
     )
     console.print(f"  skipped: {skipped}")
-    console.print(f"  time {human_duration(elapsed)}, {len(bank) / max(elapsed, 1e-9):,.0f} chunks/s overall")
+    rate = bars.encoded / bars.encode_seconds if bars.encode_seconds else float("nan")
+    resumed = f", {bars.resumed:,} resumed from an earlier run" if bars.resumed else ""
+    console.print(
+        f"  time {human_duration(elapsed)} in all; chunk + encode {human_duration(bars.encode_seconds)} for "
+        f"{bars.encoded:,} chunks ({rate:,.1f} chunks/s){resumed}"
+    )
 
 
-_STAGES = {"count": "count", "skip": "encode", "encode": "encode", "assemble": "assemble"}
-_BARS = {
-    "count": ("counting articles", "articles"),
-    "encode": ("encoding", "chunks"),
-    "assemble": ("writing bank", "chunks"),
-}
+class _StageBars:
+    """The ingest progress callback (``lvmkit.bank.ingest.ProgressFn``): one rich bar per stage (counting
+    articles -> encoding, total estimated until the end -> writing bank), and the encoding stage's own
+    time and rate for the summary (the total time also holds model loading and the counting pass)."""
 
+    BARS = {
+        "count": ("counting articles", "articles"),
+        "encode": ("encoding", "chunks"),
+        "assemble": ("writing bank", "chunks"),
+    }
 
-def _stage_bars(progress):
-    """An ingest progress callback (``lvmkit.bank.ingest.ProgressFn``) showing one rich bar per stage:
-    counting articles -> encoding (total estimated until the end) -> writing bank."""
-    tasks: dict[str, int] = {}
+    def __init__(self, progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+        self.resumed = 0  # chunks found already encoded by an interrupted run
+        self.encoded = 0  # chunks encoded by this run
+        self.encode_seconds = 0.0
+        self._last_event = time.perf_counter()
 
-    def on_progress(stage: str, done: int, total: int | None) -> None:
-        bar = _STAGES[stage]
-        if bar not in tasks:
-            for old in list(tasks):  # one bar at a time: the previous stage is over
-                progress.remove_task(tasks.pop(old))
-            label, unit = _BARS[bar]
-            tasks[bar] = progress.add_task(label, total=total, unit=unit)
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        if stage == "skip":
+            self.resumed = done
+        elif stage == "encode":
+            self.encode_seconds += now - self._last_event
+            self.encoded = done - self.resumed
+        self._last_event = now
+        bar = "encode" if stage == "skip" else stage
+        if bar not in self.tasks:
+            for old in list(self.tasks):  # one bar at a time: the previous stage is over
+                self.progress.remove_task(self.tasks.pop(old))
+            label, unit = self.BARS[bar]
+            self.tasks[bar] = self.progress.add_task(label, total=total, unit=unit)
         if stage == "skip":  # shards resumed from disk: restart the rate estimate from here
-            progress.reset(tasks[bar], total=total, completed=done)
+            self.progress.reset(self.tasks[bar], total=total, completed=done)
         else:
-            progress.update(tasks[bar], total=total, completed=done)
-
-    return on_progress
+            self.progress.update(self.tasks[bar], total=total, completed=done)
 
 
 # ------------------------------------------------------------------------------------------------- index
