@@ -48,6 +48,19 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def paired_best_times(a, b, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` times of ``a()`` and ``b()``, measured alternately (a, b, a, b, ...) so that
+    drifting machine load and cache state hit both alike."""
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
+
+
 def recall_at_k(truth: np.ndarray, got: np.ndarray) -> float:
     hits = sum(len(set(t[t >= 0]) & set(g[g >= 0])) for t, g in zip(truth, got, strict=True))
     return hits / max(1, int((truth >= 0).sum()))
@@ -71,7 +84,7 @@ def overhead(bank: VectorBank, si, queries: np.ndarray, k: int, excl: np.ndarray
     }
     out = {}
     for name, (ours, bare) in cases.items():
-        t_ours, t_bare = best_time(ours, repeats), best_time(bare, repeats)
+        t_ours, t_bare = paired_best_times(ours, bare, repeats)
         n = len(single) if name == "single" else len(queries)
         out[name] = {
             "lvmkit_qps": round(n / t_ours, 1),
