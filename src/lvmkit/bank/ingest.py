@@ -11,7 +11,8 @@ How it works, and why it survives being killed:
    ``shard-NNNNN.parquet`` (chunk table), each atomically. A shard whose parquet file exists is complete.
 3. ``OUT/.ingest/state.json`` records the arguments that decide the bank's contents (corpus and its
    source hash, format, chunker, encoder, limit, shard size, dtype). A re-run with the same arguments
-   re-reads and re-chunks the corpus (cheap) but re-encodes only the missing shards (expensive); a
+   re-reads and re-chunks the whole corpus (a fraction of the encoding cost) but re-encodes only the
+   missing shards, after checking that each finished shard holds exactly the chunks it re-derived; a
    re-run with different arguments is refused unless ``overwrite=True``.
 4. When every shard exists, the bank is assembled shard by shard: vectors.npy is preallocated with
    ``np.lib.format.open_memmap`` on a temporary name and filled, chunks.parquet is written one row
