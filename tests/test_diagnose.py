@@ -195,6 +195,14 @@ def test_preflight_config_counts_and_hashes(make_bank, tmp_path):
         with open(entry["path"], "rb") as fh:
             assert entry["sha256"] == hashlib.sha256(fh.read()).hexdigest()
     assert pf.manifest["split_sha256"] == split.hash
+    # a run directory: its config.yaml, and the split.json saved beside it is the one checked and hashed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(write_config(tmp_path, bank).read_text())
+    other = make_split(bank, seed=5)
+    other.save(run)
+    pf = preflight(run)
+    assert pf.manifest["split_sha256"] == other.hash and "split.json" in pf.manifest["files"]
 
 
 def test_preflight_finds_planted_leakage_and_cli_exits_1(make_bank, tmp_path):

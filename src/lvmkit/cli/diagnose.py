@@ -69,7 +69,9 @@ def bank_command(
 
 @diagnose_app.command("data")
 def data_command(
-    target: Path = typer.Argument(..., help="A run config (YAML) or a pairs directory.", show_default=False),
+    target: Path = typer.Argument(
+        ..., help="A run config (YAML), a run directory, or a pairs directory.", show_default=False
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", "-s", help="Override a config field, as for `lvmkit train`."
     ),

@@ -54,7 +54,9 @@ def eval_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
 ) -> None:
-    """Evaluate on the chosen split: Hit@1/5/10/50, Contain@50, Eff@5, MRR@10, cosine, contrastive accuracy,
+    """Score a run, checkpoint or baseline by full-bank search, beside every baseline.
+
+    On the chosen split's windows: Hit@1/5/10/50, Contain@50, Eff@5, MRR@10, cosine, contrastive accuracy,
     offset sweep and latency, beside copy_last, mean_ctx, exp_weighted, ridge and the oracle, with 95% bootstrap
     intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
 

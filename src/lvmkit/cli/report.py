@@ -20,7 +20,9 @@ def report(
     ),
     title: str = typer.Option(None, "--title", help="Page title (default: the run names)."),
 ) -> None:
-    """Training curves, the results table against the baselines with intervals, offset sweep, per-label bars,
+    """Write one self-contained HTML report (and report.md) for one or several runs.
+
+    Training curves, the results table against the baselines with intervals, offset sweep, per-label bars,
     gate outcomes and the resolved config; several runs side by side.
 
     Example: lvmkit report runs/amn runs/gru --out report.html

@@ -230,7 +230,8 @@ def preflight(
     hash_files: bool = True,
     seed: int = 0,
 ) -> Preflight:
-    """Check a run config (YAML file) or a pairs directory before training; see the module docstring.
+    """Check a run config (YAML file, or a run directory's config.yaml and split.json) or a pairs directory
+    before training; see the module docstring.
 
     overrides    ``--set key=value`` overrides for a config (as for ``lvmkit train``)
     bank         open this bank instead of the one the config / pairs manifest names
@@ -238,6 +239,8 @@ def preflight(
     hash_files   sha256 every input (reads the whole vectors.npy once)
     """
     target = Path(target)
+    if target.is_dir() and (target / "config.yaml").is_file() and not (target / PAIRS_FILE).exists():
+        target = target / "config.yaml"  # a run directory: its config, and its split.json beside it
     if target.is_dir() and (target / PAIRS_MANIFEST).is_file() and (target / PAIRS_FILE).exists():
         d, files, extra = _pairs(target, bank, leak_sample, seed)
     elif target.is_file():
