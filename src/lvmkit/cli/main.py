@@ -13,6 +13,7 @@ from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
 from lvmkit.cli import pairs as pairs_cli
+from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
 from lvmkit.cli import train as train_cli
@@ -24,6 +25,7 @@ app = make_app(
 )
 
 # ---- commands: one line each ------------------------------------------------------------------------
+app.command("quickstart")(quickstart_cli.quickstart)
 app.command("ingest")(bank.ingest)
 app.add_typer(bank.index_app, name="index")
 app.command("search")(bank.search)
