@@ -145,3 +145,15 @@ def test_shipped_model_configs_build():
         model = models.build_model(cfg.model.name, 16, delta=cfg.model.delta, **cfg.model.kwargs)
         assert models.count_parameters(model) > 0, name
         assert build_loss(cfg.loss, dim=16) is not None, name
+
+
+def test_cli_reports_a_bad_value_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from lvmkit.cli.main import app
+
+    res = CliRunner().invoke(
+        app, ["train", "--out", str(tmp_path / "r"), "--set", "bank=b", "--set", "optim.lr=-1"]
+    )
+    assert res.exit_code == 2 and "optim.lr: Input should be greater than 0" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "r").exists()  # nothing started
