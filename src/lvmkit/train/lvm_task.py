@@ -140,8 +140,11 @@ class LVMTask:
         if dist.is_main:
             from lvmkit.train.loop import log
 
-            log(run, f"bank {bank.path} ({len(bank)} chunks, {bank.manifest.bank_id}); windows train {len(train)}, "
-                     f"val {len(val)}, test {len(test)}; {describe(model)}")  # fmt: skip
+            counts = f"windows train {len(train)}, val {len(val)}, test {len(test)}"
+            log(
+                run,
+                f"bank {bank.path} ({len(bank)} chunks, {bank.manifest.bank_id}); {counts}; {describe(model)}",
+            )
         return task
 
     # ----------------------------------------------------------------------------------- loop API
