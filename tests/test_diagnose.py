@@ -281,3 +281,4 @@ def test_cli_diagnose_bank_and_model(rot_bank, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 1, res.output
     assert "collapse_margin" in res.output and "fail" in res.output
+    assert "E[cos(q," in res.output  # brackets in messages are printed, not eaten as rich markup

@@ -21,16 +21,24 @@ diagnose_app = make_app(help="Diagnose a bank, a run's data (preflight) or a tra
 
 def show(diagnosis, title: str) -> None:
     """Print a diagnosis as a rich table, then its verdict."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False, title_justify="left")
+    table = Table(title=escape(title), show_lines=False, title_justify="left")
     table.add_column("finding", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("threshold")
     table.add_column("what it means", overflow="fold")
     for f in diagnosis.findings:
-        table.add_row(f.name, f"[{STYLE[f.status]}]{f.status}[/]", _value(f.value), f.threshold, f.message)
+        # messages hold brackets like E[cos(q, n)]: printed literally, not as rich markup
+        table.add_row(
+            escape(f.name),
+            f"[{STYLE[f.status]}]{f.status}[/]",
+            _value(f.value),
+            escape(f.threshold),
+            escape(f.message),
+        )
     console.print(table)
     counts = diagnosis.counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)

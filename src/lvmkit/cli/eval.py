@@ -62,6 +62,7 @@ def eval_command(
 
     Example: lvmkit eval runs/gru --bank banks/enwiki --split test --gates gates.yaml
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from lvmkit.eval.command import run_eval
@@ -103,8 +104,8 @@ def eval_command(
 
     info = outcome.info
     console.print(
-        f"[bold]{info['described']}[/bold] on {info['n_queries']} {info['split']} windows of {info['bank']} "
-        f"({info['encoder']})"
+        f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} windows of "
+        f"{escape(info['bank'])} ({escape(info['encoder'])})"
     )
     console.print(results_table(outcome.suite, outcome.target.name))
     for c in outcome.suite.comparisons:
@@ -113,7 +114,7 @@ def eval_command(
             f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): [bold]{c.verdict}[/bold]"
         )
     for name, why in outcome.suite.skipped.items():
-        err_console.print(f"[yellow]{name} skipped: {why}[/yellow]")
+        err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
     if outcome.latency is not None:
         lat = outcome.latency
         console.print(

@@ -252,7 +252,7 @@ def run_column(i: int, r, figures: dict[str, bytes], compact: bool = False) -> s
             )
     else:
         parts.append(
-            '<p class="muted">no metrics.json yet (the run has not finished its final evaluation)</p>'
+            '<p class="muted">no metrics.json: the run is still training or ran with final_eval off; <code>lvmkit eval RUN</code> writes one</p>'
         )
     if r.eval_gates:
         ok = r.eval_gates.get("ok")
