@@ -216,6 +216,10 @@ def test_preflight_finds_planted_leakage_and_cli_exits_1(make_bank, tmp_path):
     d = preflight(cfg, hash_files=False).diagnosis
     f = d.get("leak_exact_test")
     assert f.status == "fail" and f.details["count"] == 3 and not d.ok
+    ex = f.details["examples"][0]
+    assert (
+        ex["row"] in test_rows and ex["train_row"] == train_row and ex["text"] == bank.texts([ex["row"]])[0]
+    )
     out = tmp_path / "pre"
     res = runner.invoke(app, ["diagnose", "data", str(cfg), "--out", str(out), "--no-hash"])
     assert res.exit_code == 1, res.output

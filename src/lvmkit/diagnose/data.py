@@ -118,19 +118,26 @@ def leakage_findings(bank: VectorBank, split: Split, sample: int | None, seed: i
         checked = f"{rep.checked_rows[name]} {name} rows checked" + (
             f" (a sample of {rep.total_rows[name]})" if rep.checked_rows[name] < rep.total_rows[name] else ""
         )
-        examples = [e for e in rep.examples if e["split"] == name]
+        examples = [
+            {
+                **e,
+                "text": bank.texts([e["row"]])[0][:120],
+                "train_text": bank.texts([e["train_row"]])[0][:120],
+            }
+            for e in rep.examples
+            if e["split"] == name
+        ]
+        exact = [e for e in examples if e["kind"] == "exact"]
+        near = [e for e in examples if e["kind"] == "near"]
         out.append(
             judge(
                 f"leak_exact_{name}",
                 rep.exact_dups[name] / n,
                 fail_above=rep.max_dup_frac,
                 ok=f"{rep.exact_dups[name]} exact duplicates of train rows; {checked}",
-                fail=f"{rep.exact_dups[name]} {name} rows are byte-identical to train rows ({checked}): the model "
-                "has seen these targets; deduplicate the bank or drop them from the held-out split",
-                details={
-                    "count": rep.exact_dups[name],
-                    "examples": [e for e in examples if e["kind"] == "exact"],
-                },
+                fail=f"{rep.exact_dups[name]} {name} rows are byte-identical to train rows ({checked}){_eg(exact)}: "
+                "the model has seen these targets; deduplicate the bank or drop them from the held-out split",
+                details={"count": rep.exact_dups[name], "examples": exact},
             )
         )
         out.append(
@@ -139,15 +146,20 @@ def leakage_findings(bank: VectorBank, split: Split, sample: int | None, seed: i
                 rep.near_dups[name] / n,
                 warn_above=rep.max_dup_frac,
                 ok=f"{rep.near_dups[name]} near duplicates (cos > {rep.near_dup:g}) of train rows; {checked}",
-                warn=f"{rep.near_dups[name]} {name} rows have a train row at cos > {rep.near_dup:g} ({checked}): "
-                "boilerplate or mirrored text; held-out numbers are partly memorisation",
-                details={
-                    "count": rep.near_dups[name],
-                    "examples": [e for e in examples if e["kind"] == "near"],
-                },
+                warn=f"{rep.near_dups[name]} {name} rows have a train row at cos > {rep.near_dup:g} ({checked})"
+                f"{_eg(near)}: boilerplate or mirrored text; held-out numbers are partly memorisation",
+                details={"count": rep.near_dups[name], "examples": near},
             )
         )
     return out
+
+
+def _eg(examples: list[dict[str, Any]]) -> str:
+    """', e.g. row 4726 "</dl>" = train row 1689 "</dl>"' for a finding's message (the texts say why)."""
+    if not examples:
+        return ""
+    e = examples[0]
+    return f', e.g. row {e["row"]} "{e["text"][:60]}" ~ train row {e["train_row"]} "{e["train_text"][:60]}"'
 
 
 def file_hashes(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
