@@ -238,6 +238,13 @@ def test_preflight_pairs_directory(make_bank, tmp_path):
     assert d.get("split_reproduced").status == "pass"
     assert d.get("pairs_outside_split").value == 0 and d.get("pairs").value == len(pairs)
     assert {"pairs/pairs.parquet", "pairs/manifest.json", "bank/vectors.npy"} <= set(pf.manifest["files"])
+    # a two-tower config that reads these pairs hashes them too
+    cfg = tmp_path / "tt.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"task": "twotower", "bank": str(bank.path), "twotower": {"pairs": str(pdir)}})
+    )
+    files = preflight(cfg).manifest["files"]
+    assert files["pairs/pairs.parquet"]["sha256"] == pf.manifest["files"]["pairs/pairs.parquet"]["sha256"]
 
 
 def test_curriculum_is_parsed_epoch_by_epoch(make_bank, tmp_path):

@@ -278,6 +278,9 @@ def _config(path: Path, overrides, bank_path, leak_sample, seed):
         task=cfg.task, bank=str(bank.path), bank_id=bank.manifest.bank_id, encoder=bank.encoder.describe()
     )
     files: dict[str, Path] = {"config": path, **bank_files(bank)}
+    pairs_dir = (cfg.twotower or {}).get("pairs")  # a two-tower run reading pairs made by `lvmkit pairs`
+    if pairs_dir:
+        files.update({f"pairs/{f}": Path(pairs_dir) / f for f in (PAIRS_FILE, PAIRS_MANIFEST)})
     split_file = path.parent / "split.json"
     if split_file.is_file():  # a run directory's config: the run's own split
         split = Split.load(split_file, bank)
