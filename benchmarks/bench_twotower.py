@@ -185,8 +185,8 @@ def main() -> None:
     ap.add_argument(
         "--schedule", default=None, help="curriculum (default: the issue's shape scaled to --epochs)"
     )
-    ap.add_argument("--max-train-pairs", type=int, default=12_000, help="cap on train pairs (a fixed sample)")
-    ap.add_argument("--val-queries", type=int, default=1000, help="val pairs scored after every epoch")
+    ap.add_argument("--max-train-pairs", type=int, default=10_000, help="cap on train pairs (a fixed sample)")
+    ap.add_argument("--val-queries", type=int, default=500, help="val pairs scored after every epoch")
     ap.add_argument("--test-queries", type=int, default=2000, help="test pairs in the table")
     ap.add_argument("--hidden", type=int, default=128, help="bigru_pool width")
     ap.add_argument("--batch-size", type=int, default=128)

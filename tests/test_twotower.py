@@ -408,3 +408,65 @@ def test_loss_section_and_unknown_early_stopping_metric_are_refused(make_bank, t
     res = invoke("train", "configs/twotower_plain.yaml", "--out", tmp_path / "b",
                  *[f"--set={s}" for s in tiny_overrides(bank, "early_stopping.metric=val_hit@5")])  # fmt: skip
     assert res.exit_code == 2 and "val_recall@10" in res.output, res.output
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+def _average_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import types
+
+    import torch.distributed as dist
+
+    from lvmkit.train.distributed import DistInfo
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        lin = torch.nn.Linear(3, 1, bias=False)
+        torch.nn.init.ones_(lin.weight)
+        fake = types.SimpleNamespace(dist=DistInfo(rank=rank, world_size=world), modules=lambda: lin)
+        TwoTowerTask.distribute(fake, wrap=None)
+        x = torch.tensor([[1.0, 2.0, 3.0]])
+        ((rank + 1) * lin(x)).sum().backward()  # local gradient (rank + 1) * x
+        first = lin.weight.grad.clone()
+        ((rank + 1) * lin(2 * x)).sum().backward()  # a second micro-batch accumulates
+        torch.save({"first": first, "second": lin.weight.grad.clone()}, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gradients_are_averaged_across_ranks_and_accumulations(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    for rank in range(2):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}")
+        torch.testing.assert_close(got["first"], 1.5 * x)  # mean of 1x and 2x
+        torch.testing.assert_close(got["second"], 1.5 * x + 3.0 * x)  # plus the mean of 2x and 4x
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_mining(make_bank, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bank, _ = planted_bank(make_bank, tmp_path)
+    out = tmp_path / "ddp"
+    sets = tiny_overrides(bank, "device=cpu", "optim.epochs=2", "twotower.schedule=1:none;2:2@0.5-0.99",
+                          "twotower.gradcache_chunk=3", "final_eval=false")  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "lvmkit.cli.main", "train", "configs/twotower_curriculum.yaml", "--out", str(out), "--quiet",
+        *[f"--set={s}" for s in sets],
+    ]  # fmt: skip
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["world_size"] == 2
+    log = (out / "train.log").read_text()
+    n_pairs = int(log.split("pairs train ")[1].split(",")[0])
+    (mined,) = read_jsonl(out / "mining.jsonl")
+    assert mined["epoch"] == 2 and mined["pairs"] == n_pairs  # both ranks' shares, merged
