@@ -295,12 +295,13 @@ def mine_negatives(
     near_dup: float = NEAR_DUP_COS,
     candidate_factor: int = CANDIDATE_FACTOR,
     width: int | None = None,
-    block: int = 4096,
+    block: int = 1024,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Mine ``count`` negatives per query (see the module docstring for the rules).
 
     queries        float32 [P, d] unit query vectors (the current query tower's output)
-    pair_ids       int64 [P] (only echoed into the stats; the caller builds the ``NegativeStore``)
+    pair_ids       int64 [P] the pair of each query (row i of the result belongs to pair_ids[i]: key the
+                   ``NegativeStore`` by them)
     positives      int64 [P] target row of each pair
     article_of_row int [N] article code of every bank row
     search         ``search(queries, k) -> (scores, ids)`` over the document space (inner product = cosine)
