@@ -110,6 +110,16 @@ def test_dataset_with_dataloader_and_subset(bank):
     assert sub.targets.tolist() == ws.targets[[2, 4]].tolist() and sub.ctx == 3
 
 
+def test_sample_is_the_seeded_sorted_choice_and_keeps_small_sets_whole(bank):
+    ws = make_windows(bank, None, "all", ctx=2, min_ctx=1)
+    assert ws.sample(None, 0) is ws and ws.sample(len(ws), 0) is ws
+    assert ws.sample_index(None, 3).tolist() == list(range(len(ws)))
+    for seed in (0, 1, 7):
+        expected = sorted(np.random.default_rng(seed).choice(len(ws), size=5, replace=False).tolist())
+        assert ws.sample_index(5, seed).tolist() == expected
+        assert ws.sample(5, seed).targets.tolist() == ws.targets[expected].tolist()
+
+
 def test_constructor_refuses_windows_without_enough_context(bank):
     with pytest.raises(ConfigError, match="only 0 earlier chunks"):
         WindowSet(bank, np.array([0]), ctx=2, min_ctx=1)

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lvmkit.bank import VectorBank
-from lvmkit.data import Split, WindowSet, make_windows
+from lvmkit.data import Split, make_windows
 from lvmkit.errors import ConfigError
 from lvmkit.eval.evaluator import SuiteResult, evaluate_suite
 from lvmkit.train.checkpoint import load_model
@@ -72,14 +70,6 @@ def quickstart_config(model: str, bank: str | Path, s: QuickstartSettings) -> Ru
     )
 
 
-def sample_windows(ws: WindowSet, cap: int | None, seed: int) -> WindowSet:
-    """A deterministic subset of at most ``cap`` windows (kept in bank order)."""
-    if cap is None or len(ws) <= cap:
-        return ws
-    rng = np.random.default_rng(seed)
-    return ws.subset(np.sort(rng.choice(len(ws), cap, replace=False)))
-
-
 def compare_runs(
     run_dirs: dict[str, str | Path],
     bank: VectorBank | str | Path | None = None,
@@ -116,7 +106,7 @@ def compare_runs(
             )
     d = c0.data
     windows = make_windows(bank, sp, split, d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-    windows = sample_windows(windows, max_queries, seed + 2)
+    windows = windows.sample(max_queries, seed + 2)
     train = make_windows(bank, sp, "train", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
     models = {name: load_model(r.best, bank=bank)[0] for name, r in runs.items()}
     suite = evaluate_suite(models, windows, bank, train_windows=train, seed=seed)

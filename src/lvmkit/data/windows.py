@@ -143,6 +143,22 @@ class WindowSet:
         """A window set holding only windows ``idx`` (e.g. a fixed evaluation sample)."""
         return WindowSet(self.bank, self.targets[self._idx(idx)], self.ctx, self.min_ctx, self.pad, self.name)
 
+    def sample_index(self, cap: int | None, seed: int) -> np.ndarray:
+        """Indices of at most ``cap`` windows: all of them (in order) when ``cap`` is None or not below the
+        count, else a sample without replacement by ``np.random.default_rng(seed)``, sorted (bank order).
+
+        The one sampling rule of the trainer, ``lvmkit eval`` and the quickstart: the same (cap, seed) gives
+        the same windows everywhere, so an evaluation reproduces the run's queries."""
+        if cap is None or len(self) <= cap:
+            return np.arange(len(self), dtype=np.int64)
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=cap, replace=False))
+
+    def sample(self, cap: int | None, seed: int) -> WindowSet:
+        """At most ``cap`` windows chosen by ``sample_index(cap, seed)`` (``self`` when nothing is cut)."""
+        if cap is None or len(self) <= cap:
+            return self
+        return self.subset(self.sample_index(cap, seed))
+
 
 class WindowDataset(torch.utils.data.Dataset):
     """A torch ``Dataset`` whose items are whole batches: ``ds[[i, j, ...]] -> WindowBatch``.

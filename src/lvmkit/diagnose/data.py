@@ -314,9 +314,7 @@ def _config(path: Path, overrides, bank_path, leak_sample, seed):
     d.stats["splits"] = counts
     d.stats["batch_shape"] = {"ctx": [dc.batch_size, dc.ctx, bank.dim], "mask": [dc.batch_size, dc.ctx]}
     train = windows["train"]
-    if caps["train"] is not None and len(train) > caps["train"]:  # the trainer's deterministic sample
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(train), size=caps["train"], replace=False))
-        train = train.subset(idx)
+    train = train.sample(caps["train"], cfg.seed)  # the trainer's deterministic sample
     if len(train):
         sampler = ArticleCappedBatchSampler(
             train.article_of_all(), dc.batch_size, dc.max_per_article, seed=cfg.seed, drop_last=False

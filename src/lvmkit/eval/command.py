@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lvmkit.artifacts import write_json, write_text
@@ -186,13 +185,6 @@ def resolve_split(
     return split, source
 
 
-def sample_windows(ws: WindowSet, cap: int | None, seed: int) -> WindowSet:
-    """At most ``cap`` windows, a seeded sample kept in bank order (the trainer's rule)."""
-    if cap is None or len(ws) <= cap:
-        return ws
-    return ws.subset(np.sort(np.random.default_rng(seed).choice(len(ws), size=cap, replace=False)))
-
-
 def build_windows(
     target: Target, bank: VectorBank, split: Split, name: str, max_queries: int | None, ctx: int, seed: int
 ) -> tuple[WindowSet, WindowSet | None, dict[str, Any], int | None, int]:
@@ -216,13 +208,13 @@ def build_windows(
         wkw = {"ctx": int(ctx), "stride": 1, "min_ctx": None, "pad": True}
         base_seed, cap, train_cap = seed, max_queries or DEFAULT_MAX_QUERIES, None
     query_seed = base_seed + SPLIT_SEED_OFFSET[name]
-    windows = sample_windows(make_windows(bank, split, name, **wkw), cap, query_seed)
+    windows = make_windows(bank, split, name, **wkw).sample(cap, query_seed)
     if len(windows) == 0:
         raise ConfigError(
             f"the {name} split of bank {bank.path} has no windows with ctx={wkw['ctx']}: its articles are too "
             "short or too few (try a smaller --ctx or another split)"
         )
-    train = sample_windows(make_windows(bank, split, "train", **wkw), train_cap, base_seed)
+    train = make_windows(bank, split, "train", **wkw).sample(train_cap, base_seed)
     return windows, (train if len(train) else None), wkw, cap, query_seed
 
 

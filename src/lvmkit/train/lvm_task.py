@@ -39,14 +39,6 @@ from lvmkit.train.config import RunConfig
 from lvmkit.train.runs import RunPaths
 
 
-def sample_windows(ws: WindowSet, cap: int | None, seed: int) -> WindowSet:
-    """At most ``cap`` windows, chosen by a seeded generator and kept in bank order (deterministic)."""
-    if cap is None or len(ws) <= cap:
-        return ws
-    idx = np.sort(np.random.default_rng(seed).choice(len(ws), size=cap, replace=False))
-    return ws.subset(idx)
-
-
 class LVMStep(nn.Module):
     """Model and loss as one module, so that DistributedDataParallel can wrap the whole forward pass."""
 
@@ -126,9 +118,9 @@ class LVMTask:
                 )
             return ws
 
-        train = sample_windows(windows("train"), d.max_train_windows, cfg.seed)
-        val = sample_windows(windows("val"), d.max_eval_queries, cfg.seed + 1)
-        test = sample_windows(windows("test"), d.max_test_queries, cfg.seed + 2)
+        train = windows("train").sample(d.max_train_windows, cfg.seed)
+        val = windows("val").sample(d.max_eval_queries, cfg.seed + 1)
+        test = windows("test").sample(d.max_test_queries, cfg.seed + 2)
         model = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
         if not getattr(model, "trainable", True):
             raise ConfigError(

@@ -334,8 +334,6 @@ class TwoTowerTask:
         cls, cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool = False
     ) -> TwoTowerTask:
         """Open the bank, make (or reload) the split, the train / val / test pairs and both towers."""
-        from lvmkit.train.lvm_task import sample_windows
-
         tt = parse_twotower(cfg.twotower)
         if cfg.loss != RunConfig.model_fields["loss"].default_factory():
             raise ConfigError(
@@ -393,15 +391,11 @@ class TwoTowerTask:
 
         train_pairs = pairs("train")
         train_all = train_pairs.windows()
-        idx = np.arange(len(train_all))
-        if d.max_train_windows is not None and len(train_all) > d.max_train_windows:
-            idx = np.sort(
-                np.random.default_rng(cfg.seed).choice(len(train_all), d.max_train_windows, replace=False)
-            )
+        idx = train_all.sample_index(d.max_train_windows, cfg.seed)
         train = train_all.subset(idx)
         pair_ids = train_pairs.table.column("pair_id").to_numpy()[idx]
-        val = sample_windows(pairs("val").windows(), d.max_eval_queries, cfg.seed + 1)
-        test = sample_windows(pairs("test").windows(), d.max_test_queries, cfg.seed + 2)
+        val = pairs("val").windows().sample(d.max_eval_queries, cfg.seed + 1)
+        test = pairs("test").windows().sample(d.max_test_queries, cfg.seed + 2)
         query = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
         if not getattr(query, "trainable", True):
             raise ConfigError(
