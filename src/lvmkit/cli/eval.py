@@ -108,11 +108,7 @@ def eval_command(
         f"{escape(info['bank'])} ({escape(info['encoder'])})"
     )
     console.print(results_table(outcome.suite, outcome.target.name))
-    for c in outcome.suite.comparisons:
-        console.print(
-            f"{c.model} vs best baseline {c.baseline} on {c.metric}: {100 * c.diff:+.1f} points "
-            f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): [bold]{c.verdict}[/bold]"
-        )
+    print_comparisons(outcome.suite)
     for name, why in outcome.suite.skipped.items():
         err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
     if outcome.latency is not None:
@@ -137,6 +133,12 @@ def eval_command(
             f"[bold red]{len(outcome.gates.failed)} of {len(outcome.gates.rows)} gates failed[/bold red]"
         )
         raise typer.Exit(EXIT_GATES_FAILED)
+
+
+def print_comparisons(suite) -> None:
+    """One line per model: its paired difference to the best baseline, the interval and the verdict (bold)."""
+    for c in suite.comparisons:
+        console.print(c.describe(verdict="[bold]{}[/bold]"))
 
 
 def results_table(suite, primary: str):

@@ -41,7 +41,7 @@ def quickstart(
     from lvmkit.bank import VectorBank
     from lvmkit.cli import bank as bank_cli
     from lvmkit.cli import train as train_cli
-    from lvmkit.cli.eval import results_table
+    from lvmkit.cli.eval import print_comparisons, results_table
     from lvmkit.eval.evaluator import format_table
     from lvmkit.pipeline import QuickstartSettings, compare_runs, quickstart_config
     from lvmkit.train.config import save_config
@@ -109,11 +109,7 @@ def quickstart(
         f"{info['bank_chunks']:,} chunks, context chunks excluded from candidates:\n"
     )
     console.print(results_table(suite, s.models[0]))
-    for c in suite.comparisons:
-        console.print(
-            f"{c.model} vs best baseline {c.baseline} on {c.metric}: {100 * c.diff:+.1f} points "
-            f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): [bold]{c.verdict}[/bold]"
-        )
+    print_comparisons(suite)
     console.print(
         f"\nreport: [bold]{report}[/bold]   table: {comparison / 'metrics.md'}   ({human_duration(time.perf_counter() - t0)})"
     )

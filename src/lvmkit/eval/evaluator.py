@@ -378,6 +378,14 @@ class Comparison:
             return "worse"
         return "no clear difference"
 
+    def describe(self, verdict: str = "{}") -> str:
+        """One line, e.g. ``gru vs best baseline copy_last on hit@5: +1.2 points (95% CI +0.3 to +2.1): better``;
+        ``verdict`` is a format string for the verdict word (the CLI passes ``"[bold]{}[/bold]"``)."""
+        return (
+            f"{self.model} vs best baseline {self.baseline} on {self.metric}: {100 * self.diff:+.1f} points "
+            f"(95% CI {100 * self.lo:+.1f} to {100 * self.hi:+.1f}): {verdict.format(self.verdict)}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "verdict": self.verdict}
 
@@ -529,10 +537,7 @@ def format_table(results: Mapping[str, EvalResult]) -> str:
         f"context rows {excl}; CA in batches of {i['ca_batch']}; rates in %, 95% bootstrap intervals.",
     ]
     for c in getattr(results, "comparisons", []):
-        lines.append(
-            f"- {c.model} vs best baseline {c.baseline} on {c.metric}: {100 * c.diff:+.1f} points "
-            f"(95% CI {100 * c.lo:+.1f} to {100 * c.hi:+.1f}): {c.verdict}"
-        )
+        lines.append(f"- {c.describe()}")
     for name, why in getattr(results, "skipped", {}).items():
         lines.append(f"- {name} skipped: {why}")
     return "\n".join(lines)
