@@ -25,6 +25,13 @@ from torch import Tensor, nn
 from lvmkit.errors import ConfigError
 
 
+def positive_int(value: int, name: str) -> int:
+    """``int(value)``, or a ConfigError naming the option when it is below 1."""
+    if int(value) < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
 def l2_normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
     """Rows scaled to unit length (a zero row stays zero instead of becoming NaN)."""
     return F.normalize(x, dim=-1, eps=eps)

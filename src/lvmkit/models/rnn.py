@@ -14,16 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lvmkit.errors import ConfigError
-from lvmkit.models.base import LVM, has_padding
+from lvmkit.models.base import LVM, has_padding, positive_int
 
 RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
-
-
-def _positive(value: int, name: str) -> int:
-    if int(value) < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value}")
-    return int(value)
 
 
 class RNNStack(nn.Module):
@@ -68,7 +61,7 @@ class RecurrentLVM(LVM):
         self, dim: int, delta: bool = False, hidden: int = 256, layers: int = 2, dropout: float = 0.0
     ):
         super().__init__(dim, delta)
-        hidden, layers = _positive(hidden, "hidden"), _positive(layers, "layers")
+        hidden, layers = positive_int(hidden, "hidden"), positive_int(layers, "layers")
         self.in_proj = nn.Linear(dim, hidden)
         self.stack = RNNStack(hidden, layers, self.cell, dropout)
         self.out_proj = nn.Linear(hidden, dim)
@@ -99,7 +92,7 @@ class MemoryGRU(LVM):
         self, dim: int, delta: bool = False, hidden: int = 256, slots: int = 32, dropout: float = 0.0
     ):
         super().__init__(dim, delta)
-        hidden, slots = _positive(hidden, "hidden"), _positive(slots, "slots")
+        hidden, slots = positive_int(hidden, "hidden"), positive_int(slots, "slots")
         self.in_proj = nn.Linear(dim, hidden)
         self.query = nn.Linear(hidden, hidden, bias=False)
         self.slot_keys = nn.Parameter(torch.randn(slots, hidden) / math.sqrt(hidden))
@@ -147,11 +140,11 @@ class HierarchicalGRU(LVM):
         dropout: float = 0.0,
     ):
         super().__init__(dim, delta)
-        hidden = _positive(hidden, "hidden")
-        self.chunk_len = _positive(chunk_len, "chunk_len")
+        hidden = positive_int(hidden, "hidden")
+        self.chunk_len = positive_int(chunk_len, "chunk_len")
         self.in_proj = nn.Linear(dim, hidden)
-        self.local = RNNStack(hidden, _positive(local_layers, "local_layers"), "gru", dropout)
-        self.globl = RNNStack(hidden, _positive(global_layers, "global_layers"), "gru", dropout)
+        self.local = RNNStack(hidden, positive_int(local_layers, "local_layers"), "gru", dropout)
+        self.globl = RNNStack(hidden, positive_int(global_layers, "global_layers"), "gru", dropout)
         self.out_proj = nn.Linear(hidden, dim)
         self.start_at_copy_last(self.out_proj)
 

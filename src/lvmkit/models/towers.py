@@ -28,14 +28,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lvmkit.errors import ConfigError
-from lvmkit.models.base import LVM, has_padding, l2_normalize, masked_mean
-from lvmkit.models.transformer import POSITIONS, Block, sinusoidal_table
-
-
-def _positive(value: int, name: str) -> int:
-    if int(value) < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value}")
-    return int(value)
+from lvmkit.models.base import LVM, has_padding, l2_normalize, masked_mean, positive_int
+from lvmkit.models.transformer import TransformerTrunk
 
 
 def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,7 +51,7 @@ class BiGRUPool(LVM):
         self, dim: int, delta: bool = False, hidden: int = 256, layers: int = 1, dropout: float = 0.0
     ):
         super().__init__(dim, delta)
-        hidden, layers = _positive(hidden, "bigru_pool hidden"), _positive(layers, "bigru_pool layers")
+        hidden, layers = positive_int(hidden, "bigru_pool hidden"), positive_int(layers, "bigru_pool layers")
         self.in_proj = nn.Linear(dim, hidden)
         self.gru = nn.GRU(
             hidden,
@@ -81,7 +75,7 @@ class BiGRUPool(LVM):
         return self.out_proj(masked_mean(out, real))
 
 
-class TransformerPool(LVM):
+class TransformerPool(TransformerTrunk):
     """``transformer_pool``: d -> hidden + recency position, ``layers`` bidirectional pre-LN blocks (padded
     keys masked), masked mean over the real positions, linear -> d."""
 
@@ -98,35 +92,11 @@ class TransformerPool(LVM):
         max_len: int = 2000,
     ):
         super().__init__(dim, delta)
-        if int(hidden) < 1 or int(heads) < 1 or int(hidden) % int(heads):
-            raise ConfigError(
-                f"transformer_pool hidden ({hidden}) must be a positive multiple of heads ({heads})"
-            )
-        if pos not in POSITIONS:
-            raise ConfigError(f"transformer_pool pos {pos!r} is not known; allowed: {', '.join(POSITIONS)}")
-        for name, v in (("layers", layers), ("mlp_ratio", mlp_ratio), ("max_len", max_len)):
-            _positive(v, f"transformer_pool {name}")
-        self.max_len = int(max_len)
-        self.in_proj = nn.Linear(dim, hidden)
-        if pos == "learned":
-            self.pos = nn.Parameter(torch.randn(self.max_len, hidden) * 0.02)
-        else:
-            self.register_buffer("pos", sinusoidal_table(self.max_len, hidden), persistent=False)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(hidden, int(heads), int(mlp_ratio), dropout) for _ in range(int(layers))
-        )
-        self.ln_f = nn.LayerNorm(hidden)
-        self.out_proj = nn.Linear(hidden, dim)
+        self.build_trunk("transformer_pool", hidden, layers, heads, mlp_ratio, dropout, pos, max_len)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = ctx.shape
-        if self.max_len < T:
-            raise ConfigError(
-                f"context of {T} vectors exceeds transformer_pool's max_len={self.max_len}; "
-                "build it with a larger max_len or use a shorter ctx"
-            )
-        x = self.drop(self.in_proj(ctx) + self.pos[:T].flip(0))  # row T-1 gets recency 0
+        x = self.embed(ctx)
         # Bidirectional: every query position may attend to every real key (an explicit mask also turns
         # off the blocks' causal default). The last position is always real, so no row is empty.
         keys = mask if has_padding(mask) else torch.ones(B, T, dtype=torch.bool, device=ctx.device)
@@ -158,7 +128,7 @@ class AdapterDocTower(nn.Module):
     def __init__(self, dim: int, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         self.dim = int(dim)
-        hidden = _positive(hidden, "adapter hidden")
+        hidden = positive_int(hidden, "adapter hidden")
         self.norm = nn.LayerNorm(self.dim)
         self.up = nn.Linear(self.dim, hidden)
         self.down = nn.Linear(hidden, self.dim)

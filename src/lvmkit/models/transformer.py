@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvmkit.errors import ConfigError
-from lvmkit.models.base import LVM, has_padding
+from lvmkit.models.base import LVM, has_padding, positive_int
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -72,7 +72,57 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TransformerLVM(LVM):
+class TransformerTrunk(LVM):
+    """What ``transformer`` (causal, reads the last position) and the two-tower ``transformer_pool``
+    (bidirectional, mean-pooled) share: d -> hidden plus a recency position, ``layers`` pre-LN blocks, a
+    final LayerNorm, and hidden -> d. Subclasses call ``build_trunk`` in ``__init__`` and ``embed`` first in
+    ``predict``; the attention mask and the read-out are theirs."""
+
+    def build_trunk(
+        self,
+        name: str,
+        hidden: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: int,
+        dropout: float,
+        pos: str,
+        max_len: int,
+    ) -> None:
+        """Check the options (errors name ``name``) and create in_proj, pos, drop, blocks, ln_f, out_proj
+        (in this order: the seeded initialisation and the state_dict keys depend on it)."""
+        if int(hidden) < 1 or int(heads) < 1 or int(hidden) % int(heads):
+            raise ConfigError(f"{name} hidden ({hidden}) must be a positive multiple of heads ({heads})")
+        if pos not in POSITIONS:
+            raise ConfigError(f"{name} pos {pos!r} is not known; allowed: {', '.join(POSITIONS)}")
+        for option, v in (("layers", layers), ("mlp_ratio", mlp_ratio), ("max_len", max_len)):
+            positive_int(v, f"{name} {option}")
+        self.trunk_name = name
+        self.max_len = int(max_len)
+        self.in_proj = nn.Linear(self.dim, hidden)
+        if pos == "learned":
+            self.pos = nn.Parameter(torch.randn(self.max_len, hidden) * 0.02)
+        else:
+            self.register_buffer("pos", sinusoidal_table(self.max_len, hidden), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(hidden, int(heads), int(mlp_ratio), dropout) for _ in range(int(layers))
+        )
+        self.ln_f = nn.LayerNorm(hidden)
+        self.out_proj = nn.Linear(hidden, self.dim)
+
+    def embed(self, ctx: Tensor) -> Tensor:
+        """[B, T, hidden]: ``drop(in_proj(ctx) + position)``, position T-1 (the newest chunk) at recency 0."""
+        length = ctx.shape[1]
+        if length > self.max_len:
+            raise ConfigError(
+                f"context of {length} vectors exceeds the {self.trunk_name}'s max_len={self.max_len}; "
+                "build it with a larger max_len or use a shorter ctx"
+            )
+        return self.drop(self.in_proj(ctx) + self.pos[:length].flip(0))
+
+
+class TransformerLVM(TransformerTrunk):
     def __init__(
         self,
         dim: int,
@@ -86,36 +136,12 @@ class TransformerLVM(LVM):
         max_len: int = 2000,
     ):
         super().__init__(dim, delta)
-        if int(hidden) < 1 or int(heads) < 1 or int(hidden) % int(heads):
-            raise ConfigError(f"transformer hidden ({hidden}) must be a positive multiple of heads ({heads})")
-        if pos not in POSITIONS:
-            raise ConfigError(f"transformer pos {pos!r} is not known; allowed: {', '.join(POSITIONS)}")
-        if int(layers) < 1 or int(max_len) < 1 or int(mlp_ratio) < 1:
-            raise ConfigError(
-                f"transformer layers, mlp_ratio and max_len must be >= 1, got {layers}, {mlp_ratio}, {max_len}"
-            )
-        self.max_len = int(max_len)
-        self.in_proj = nn.Linear(dim, hidden)
-        if pos == "learned":
-            self.pos = nn.Parameter(torch.randn(self.max_len, hidden) * 0.02)
-        else:
-            self.register_buffer("pos", sinusoidal_table(self.max_len, hidden), persistent=False)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(hidden, int(heads), int(mlp_ratio), dropout) for _ in range(int(layers))
-        )
-        self.ln_f = nn.LayerNorm(hidden)
-        self.out_proj = nn.Linear(hidden, dim)
+        self.build_trunk("transformer", hidden, layers, heads, mlp_ratio, dropout, pos, max_len)
         self.start_at_copy_last(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         length = ctx.shape[1]
-        if length > self.max_len:
-            raise ConfigError(
-                f"context of {length} vectors exceeds the transformer's max_len={self.max_len}; "
-                "build it with a larger max_len or use a shorter ctx"
-            )
-        x = self.drop(self.in_proj(ctx) + self.pos[:length].flip(0))  # row T-1 gets recency 0
+        x = self.embed(ctx)
         attn_mask = None
         if has_padding(mask):
             # causal AND (key is real OR key is the query itself): a padded query attends only to itself, so
