@@ -39,6 +39,33 @@ from lvmkit.train.config import RunConfig
 from lvmkit.train.runs import RunPaths
 
 
+def open_bank_and_split(
+    cfg: RunConfig, run: RunPaths, dist: D.DistInfo, resume: bool = False
+) -> tuple[VectorBank, Split]:
+    """The run's bank and its split: on resume the run's split.json, else ``make_split`` from
+    ``cfg.split`` (saved to the run by rank 0). Shared by every task."""
+    bank = VectorBank.open(cfg.bank)
+    if resume and run.split.exists():
+        return bank, Split.load(run.split, bank)
+    split = make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed)
+    if dist.is_main:
+        split.save(run.split)
+    return bank, split
+
+
+def train_sampler(train: WindowSet, cfg: RunConfig, dist: D.DistInfo) -> ArticleCappedBatchSampler:
+    """This rank's batches of the training windows (``data.batch_size``, ``data.max_per_article``, seed)."""
+    return ArticleCappedBatchSampler(
+        train.article_of_all(),
+        batch_size=cfg.data.batch_size,
+        max_per_article=cfg.data.max_per_article,
+        seed=cfg.seed,
+        drop_last=False,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+
+
 class LVMStep(nn.Module):
     """Model and loss as one module, so that DistributedDataParallel can wrap the whole forward pass."""
 
@@ -81,15 +108,7 @@ class LVMTask:
         self.model, self.loss_fn, self.dist = model, loss_fn, dist
         self.step_module: nn.Module = LVMStep(model, loss_fn)
         self._forward: nn.Module = self.step_module
-        self.sampler = ArticleCappedBatchSampler(
-            train.article_of_all(),
-            batch_size=cfg.data.batch_size,
-            max_per_article=cfg.data.max_per_article,
-            seed=cfg.seed,
-            drop_last=False,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
+        self.sampler = train_sampler(train, cfg, dist)
         self._copy_last: dict[str, float] | None = (
             None  # the baseline on the fixed val windows, computed once
         )
@@ -99,13 +118,7 @@ class LVMTask:
         cls, cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool = False
     ) -> LVMTask:
         """Open the bank, make (or, on resume, reload) the split, build windows, model and loss."""
-        bank = VectorBank.open(cfg.bank)
-        if resume and run.split.exists():
-            split = Split.load(run.split, bank)
-        else:
-            split = make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed)
-            if dist.is_main:
-                split.save(run.split)
+        bank, split = open_bank_and_split(cfg, run, dist, resume)
         d = cfg.data
 
         def windows(name: str) -> WindowSet:

@@ -51,8 +51,7 @@ from lvmkit.artifacts import append_jsonl, write_json, write_text
 from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.index import SearchIndex, exact_index
 from lvmkit.data.pairs import PairSet, make_pairs
-from lvmkit.data.samplers import ArticleCappedBatchSampler
-from lvmkit.data.splits import Split, make_split
+from lvmkit.data.splits import Split
 from lvmkit.data.windows import WindowBatch, WindowSet
 from lvmkit.errors import ConfigError
 from lvmkit.eval.bootstrap import paired_diff_ci
@@ -64,6 +63,7 @@ from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
 from lvmkit.train.config import RunConfig
 from lvmkit.train.gradcache import cached_forward, split_batch
+from lvmkit.train.lvm_task import open_bank_and_split, train_sampler
 from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, mine_negatives, parse_schedule
 from lvmkit.train.runs import RunPaths
 
@@ -316,15 +316,7 @@ class TwoTowerTask:
         self.memory = VectorQueue(tt.memory, bank.dim) if tt.memory > 0 else None
         self.store = NegativeStore.empty()
         self.evals: list[tuple[int, float]] = []  # (epoch, abort metric) of every evaluation so far
-        self.sampler = ArticleCappedBatchSampler(
-            train.article_of_all(),
-            batch_size=cfg.data.batch_size,
-            max_per_article=cfg.data.max_per_article,
-            seed=cfg.seed,
-            drop_last=False,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
+        self.sampler = train_sampler(train, cfg, dist)
         self._raw: DocBank | None = None  # the bank with an exact index (heuristics; identity documents)
         self._heuristics: dict[str, float] | None = None  # heuristics on the fixed val pairs, computed once
 
@@ -352,13 +344,7 @@ class TwoTowerTask:
             raise ConfigError(
                 f"twotower.compare_on={tt.compare_on!r}; allowed: {', '.join(metric_names(tt)[:6])}"
             )
-        bank = VectorBank.open(cfg.bank)
-        if resume and run.split.exists():
-            split = Split.load(run.split, bank)
-        else:
-            split = make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed)
-            if dist.is_main:
-                split.save(run.split)
+        bank, split = open_bank_and_split(cfg, run, dist, resume)
         d = cfg.data
 
         def pairs(name: str) -> PairSet:
