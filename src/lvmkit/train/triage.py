@@ -214,10 +214,7 @@ def write_abort_triage(
         "|---|---|",
         rows,
     ]
-    lines += _fix_lines(twotower_fixes(cfg), "two-tower collapse")
-    text = "\n".join(lines) + "\n"
-    write_text(os.path.join(run_dir, TRIAGE_FILE), text)
-    return text
+    return _write_triage(run_dir, lines, twotower_fixes(cfg), "two-tower collapse")
 
 
 # -------------------------------------------------------------------------------------- reports
@@ -243,10 +240,9 @@ def write_gate_triage(
         _metric_table(names, history),
     ]
     lines += _copy_last_lines(metrics, names)
-    lines += _fix_lines(gate_fixes(cfg), "contrastive" if is_contrastive(cfg) else "regression")
-    text = "\n".join(lines) + "\n"
-    write_text(os.path.join(run_dir, TRIAGE_FILE), text)
-    return text
+    return _write_triage(
+        run_dir, lines, gate_fixes(cfg), "contrastive" if is_contrastive(cfg) else "regression"
+    )
 
 
 def write_nan_triage(
@@ -278,8 +274,14 @@ def write_nan_triage(
         "|---|---|",
         part_rows,
     ]
-    lines += _fix_lines(nan_fixes(cfg), "non-finite loss")
-    text = "\n".join(lines) + "\n"
+    return _write_triage(run_dir, lines, nan_fixes(cfg), "non-finite loss")
+
+
+def _write_triage(
+    run_dir: str | os.PathLike, lines: list[str], fixes: list[tuple[str, str]], kind: str
+) -> str:
+    """Append the numbered fixes to ``lines``, write RUN/triage.md and return its text."""
+    text = "\n".join(lines + _fix_lines(fixes, kind)) + "\n"
     write_text(os.path.join(run_dir, TRIAGE_FILE), text)
     return text
 
