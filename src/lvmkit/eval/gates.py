@@ -102,30 +102,27 @@ def _gate(metric: Any, bounds: Mapping[str, Any], where: str) -> Gate:
     return Gate(metric, lo, hi, epoch)
 
 
+def _check_mapping(obj: Any, where: str, allowed: tuple[str, ...], example: str) -> None:
+    """``obj`` must be a mapping whose keys are all in ``allowed`` (errors name ``where``)."""
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{where} must be a mapping like {example}, got {obj!r}")
+    extra = set(obj) - set(allowed)
+    if extra:
+        raise ConfigError(f"{where} has unknown keys {sorted(extra)}; allowed: {', '.join(allowed)}")
+
+
 def parse_gates(spec: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[Gate]:
     """Validate a gate spec (mapping or list of rules, see the module docstring) into ``Gate`` objects."""
     gates = []
     if isinstance(spec, Mapping):
         for metric, bounds in spec.items():
             where = f"gates[{metric!r}]"
-            if not isinstance(bounds, Mapping):
-                raise ConfigError(f"{where} must be a mapping like {{min: 0.4}}, got {bounds!r}")
-            extra = set(bounds) - set(BOUND_KEYS)
-            if extra:
-                raise ConfigError(
-                    f"{where} has unknown keys {sorted(extra)}; allowed: {', '.join(BOUND_KEYS)}"
-                )
+            _check_mapping(bounds, where, BOUND_KEYS, "{min: 0.4}")
             gates.append(_gate(metric, bounds, where))
     elif isinstance(spec, list):
         for i, rule in enumerate(spec):
             where = f"gates[{i}]"
-            if not isinstance(rule, Mapping):
-                raise ConfigError(f"{where} must be a mapping like {{metric: hit@5, min: 0.4}}, got {rule!r}")
-            extra = set(rule) - set(RULE_KEYS)
-            if extra:
-                raise ConfigError(
-                    f"{where} has unknown keys {sorted(extra)}; allowed: {', '.join(RULE_KEYS)}"
-                )
+            _check_mapping(rule, where, RULE_KEYS, "{metric: hit@5, min: 0.4}")
             gates.append(_gate(rule.get("metric"), rule, where))
     else:
         raise ConfigError(f"a gate spec must be a mapping or a list of rules, got {type(spec).__name__}")
