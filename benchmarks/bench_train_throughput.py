@@ -30,10 +30,10 @@ def cell(
 ) -> dict:
     import numpy as np
     import torch
-    from lvmkit.losses import cosine_loss
 
     from lvmkit.bank import VectorBank
     from lvmkit.data import make_split, make_windows
+    from lvmkit.losses import cosine_loss
     from lvmkit.models import build_model, count_parameters
     from lvmkit.train.config import load_config
 
