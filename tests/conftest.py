@@ -105,6 +105,18 @@ def build_bank(
     return VectorBank.write(Path(tmp_path) / name, vectors, chunks, manifest)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (two threads spin-wait on a busy 2-core box); the count is restored
+    after the module. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def make_bank():
     """Factory fixture: ``make_bank(tmp_path, articles=[n_chunks, ...], dim=16, seed=0, labels=None, **kw)``.

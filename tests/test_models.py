@@ -24,13 +24,7 @@ TRAINABLE = [n for n in MODEL_NAMES if n in SMALL]
 FIXED = ["copy_last", "mean_ctx", "exp_weighted"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a busy machine (and just as deterministic)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -11,13 +11,15 @@ import time
 
 import pytest
 import torch
-from test_train import dynamic_bank, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from test_train import dynamic_bank  # noqa: F401 (a fixture)
 
 from lvmkit.artifacts import read_json, read_jsonl
 from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.loop import train
 from lvmkit.train.runs import RunPaths
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIMING_KEYS = {"time", "eval_s", "windows_per_s"}
 

@@ -23,13 +23,7 @@ from lvmkit.train.runs import RunPaths
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a busy 2-core CI box makes 2 threads spin-wait)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dynamic_vectors(n_articles: int, length: int, dim: int, seed: int, noise: float = 0.3) -> np.ndarray:
