@@ -79,6 +79,7 @@ def main() -> None:
         "--min-ctx", type=int, default=None, help="allow left-padded windows with >= this context"
     )
     ap.add_argument("--set", dest="extra", action="append", default=[], help="MODEL:key=value override")
+    ap.add_argument("--override", action="append", default=[], help="key=value override for every model")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "lvm_quality"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lvm_quality.json"))
     args = ap.parse_args()
@@ -99,7 +100,7 @@ def main() -> None:
         print(f"ctx {ctx}", flush=True)
         runs = {}
         for m in models:
-            extra = [e.split(":", 1)[1] for e in args.extra if e.startswith(f"{m}:")]
+            extra = args.override + [e.split(":", 1)[1] for e in args.extra if e.startswith(f"{m}:")]
             runs[m] = train_one(m, ctx, args, Path(args.work) / f"ctx{ctx}" / m, extra)
         # one split for everything (all configs use the same split ratios/seed: checked here)
         first = RunPaths(runs[models[0]])

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every benchmark behind a figure in README.md, in the order they were run, with the arguments used.
+# Run from the repository root on a quiet machine (speed figures are meaningless under other load):
+#     bash benchmarks/run_all.sh            # all
+#     bash benchmarks/run_all.sh encode     # one step by name
+# Results: benchmarks/results/*.json (+ .md tables). The enwiki bank (banks/enwiki) is built by the first step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+LV=.venv/bin/lvmkit
+BANK=banks/enwiki
+step() { [ $# -eq 0 ] || [ "$ONLY" = "" ] || [ "$ONLY" = "$1" ]; }
+ONLY="${1:-}"
+
+if step bank; then   # 2,000 enwiki articles, sentence chunks, all-MiniLM-L6-v2 (onnx-int8 backend, same space)
+  [ -f $BANK/manifest.json ] || $LV ingest ../shared/data/enwiki2015 --out $BANK --limit-articles 2000 --backend onnx-int8
+fi
+if step segmenters; then $PY benchmarks/bench_segmenters.py; fi
+if step encode; then $PY benchmarks/bench_encode.py --n 2000; fi
+if step ingest; then $PY benchmarks/bench_ingest.py --backend onnx-int8; fi
+if step search; then $PY benchmarks/bench_search.py $BANK --hnsw; fi
+if step windows; then $PY benchmarks/bench_windows_memory.py; fi
+if step mamba; then $PY benchmarks/bench_mamba_scan.py; fi
+if step throughput; then
+  $PY benchmarks/bench_train_throughput.py --bank $BANK --models amn,gru,transformer,mamba --ctx 5 --ctx 100 --steps 10
+  $PY benchmarks/bench_train_throughput.py --bank $BANK --models amn,gru,transformer,mamba --ctx 1000 --batch 8 --steps 3 \
+      --out benchmarks/results/train_throughput_ctx1000.json
+fi
+if step quality; then   # same objective for every model: cosine + InfoNCE (tau 0.05, 4,096-target queue)
+  LOSS='loss={cos: 1.0, infonce: 1.0, tau: 0.05, queue: 4096}'
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 5 --epochs 2 --max-train-windows 40000 \
+      --override "$LOSS" --models amn,gru,lstm,transformer,memory_gru,hierarchical_gru,mamba
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 100 --min-ctx 20 --epochs 2 \
+      --max-train-windows 8000 --max-test-queries 3000 --override "$LOSS" \
+      --models amn,gru,lstm,transformer,memory_gru,hierarchical_gru,mamba --out benchmarks/results/lvm_quality_ctx100.json
+fi
+if step twotower; then OMP_NUM_THREADS=1 $PY benchmarks/bench_twotower.py $BANK; fi
+if step report; then $PY benchmarks/render_report.py --smoke; fi
