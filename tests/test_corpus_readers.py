@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -137,6 +138,43 @@ def test_wikiextractor_bad_utf8_is_replaced_and_counted(tmp_path):
     assert article.paragraphs[0].text == "Gamma has a bad byte \ufffd\ufffd here."
     assert stats.counts["bad_utf8"] == 1 and stats.repaired == {"bad_utf8": 1} and stats.skipped == {}
     assert (stats.examples[0].file, stats.examples[0].line) == (str(path), 3)
+
+
+def test_wikiextractor_html_tags_are_removed_and_counted(tmp_path):
+    text = doc(
+        "8",
+        "Delta",
+        "Delta",  # line 2
+        "Delta is a letter with enough words to be a paragraph.",
+        "</dl>",  # line 4: only a tag, dropped
+        "<poem>Q. text</poem>",
+        '<span id="x" /> Text after an anchor is <BR/>broken.',
+        "Maths: a < b and c > d, x<3, y <- z, 2 < x > 1 and the grapheme <r> stay.",
+        "<onlyinclude></onlyinclude>",  # line 8
+        'Cited.<ref name="A b"></ref> Next sentence.',
+        "It is 14<b/> to <b/>16 hands high.",  # a convert template's remains
+    )
+    stats = ReadStats()
+    (article,) = read_corpus(write(tmp_path / "wiki_00", text), stats=stats)
+    assert [p.text for p in article.paragraphs] == [
+        "Delta is a letter with enough words to be a paragraph.",
+        "Q. text",
+        "Text after an anchor is broken.",
+        "Maths: a < b and c > d, x<3, y <- z, 2 < x > 1 and the grapheme <r> stay.",
+        "Cited. Next sentence.",
+        "It is 14 to 16 hands high.",
+    ]
+    assert stats.repaired == {"html_tags": 4}
+    assert stats.skipped == {"markup_only_line": 2}
+    assert [(i.reason, i.line) for i in stats.examples] == [
+        ("markup_only_line", 4),
+        ("html_tags", 5),
+        ("html_tags", 6),
+        ("markup_only_line", 8),
+        ("html_tags", 9),
+        ("html_tags", 10),
+    ]
+    assert stats.examples[0].detail == "</dl>"
 
 
 def test_wikiextractor_malformed_documents_are_skipped_and_counted(tmp_path, caplog):
@@ -408,18 +446,33 @@ def test_embedded_corpus():
     assert [a.id for a in read_corpus(path, format="embedded", limit_articles=3)] == with_text[:3]
 
 
+# The only tags in the first 20 articles of AA/wiki_00: five "</dl>" lines and one <poem>...</poem>.
+RAW_TAGS = re.compile(r"</?(?:dl|poem)>")
+
+
+def raw_docs(path: Path, n_docs: int) -> list[tuple[str, list[str]]]:
+    """``(id, body lines)`` of the first ``n_docs`` documents, straight from the file, whitespace-normalised."""
+    docs: list[tuple[str, list[str]]] = []
+    with bz2.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("<doc "):
+                if len(docs) == n_docs:
+                    break
+                docs.append((line.split('"')[1], []))
+            elif not line.startswith("</doc>"):
+                docs[-1][1].append(" ".join(line.split()))
+    return docs
+
+
 @pytest.mark.enwiki
 def test_enwiki_slice():
     path = ENWIKI / "AA/wiki_00.bz2"
     if not path.exists():
         pytest.skip(f"{path} not present")
-    with bz2.open(path, "rt", encoding="utf-8") as fh:
-        raw_ids = [
-            line.split('"')[1] for line, _ in zip(fh, range(2000), strict=False) if line.startswith("<doc ")
-        ]
+    raw = raw_docs(path, 20)
     stats = ReadStats()
-    articles = list(read_corpus(path, limit_articles=5, stats=stats))
-    assert [a.id for a in articles] == raw_ids[:5]
+    articles = list(read_corpus(path, limit_articles=20, stats=stats))
+    assert [a.id for a in articles] == [i for i, _ in raw]
     anarchism = articles[0]
     assert anarchism.title == "Anarchism"
     assert anarchism.paragraphs[0].text.startswith(
@@ -428,29 +481,37 @@ def test_enwiki_slice():
     assert anarchism.paragraphs[0].heading is None
     etym = [p for p in anarchism.paragraphs if p.heading == "Etymology and terminology"]
     assert etym and etym[0].text.startswith('The term "anarchism" is a compound word')
-    headings = {p.heading for a in articles for p in a.paragraphs if p.heading}
+    headings = {p.heading for a in articles[:5] for p in a.paragraphs if p.heading}
     assert {"History", "Origins"} <= headings
-    assert not any(p.text.rstrip(".") in headings for a in articles for p in a.paragraphs)
-    # against the raw lines: the paragraphs are the body lines in order, minus the title line and minus
-    # lines shaped like WikiExtractor headings (short, ending in "."), and nothing else
-    with bz2.open(path, "rt", encoding="utf-8") as fh:
-        lines = []
-        for line in fh:
-            if line.startswith("</doc>"):
-                break
-            lines.append(" ".join(line.split()))
-    body = [x for x in lines[1:] if x]
-    assert body[0] == "Anarchism"
-    texts = [p.text for p in anarchism.paragraphs]
-    kept = iter(texts)
-    want = next(kept)
-    dropped = []
-    for line in body[1:]:
-        if line == want:
-            want = next(kept, None)
-        else:
-            dropped.append(line)
-    assert want is None  # every paragraph found, in order
-    assert dropped and all(x.endswith(".") and len(x.split()) <= 10 for x in dropped)
-    assert {x[:-1] for x in dropped} >= {p.heading for p in anarchism.paragraphs if p.heading}
-    assert stats.skipped == {} and stats.articles == 5
+    assert not any(p.text.rstrip(".") in headings for a in articles[:5] for p in a.paragraphs)
+    # against the raw lines: the paragraphs are the body lines in order, with the tags removed, minus the
+    # title line, minus lines that were only tags, minus lines shaped like WikiExtractor headings (short,
+    # ending in "."), and nothing else
+    tagged = tag_only = 0
+    for article, (_, lines) in zip(articles, raw, strict=True):
+        body = []
+        for line in lines:
+            clean = " ".join(RAW_TAGS.sub(" ", line).split())
+            assert not re.search(r"</?[A-Za-z]", clean), clean  # RAW_TAGS names every tag in the slice
+            if clean != line:
+                tagged += bool(clean)
+                tag_only += not clean
+            if clean:
+                body.append(clean)
+        assert body[0] == article.title
+        kept = iter(p.text for p in article.paragraphs)
+        want = next(kept)
+        dropped = []
+        for line in body[1:]:
+            if line == want:
+                want = next(kept, None)
+            else:
+                dropped.append(line)
+        assert want is None  # every paragraph found, in order
+        assert all(x.endswith(".") and len(x.split()) <= 10 for x in dropped)
+        assert {x[:-1] for x in dropped} >= {p.heading for p in article.paragraphs if p.heading}
+    poem = [p.text for p in articles[18].paragraphs if "Philosophers speak" in p.text]
+    assert poem and poem[0].startswith("Q. When the Philosophers speak")
+    assert (tagged, tag_only) == (2, 5)
+    assert stats.repaired == {"html_tags": tagged}
+    assert stats.skipped == {"markup_only_line": tag_only} and stats.articles == 20

@@ -12,8 +12,10 @@ Reasons used by the readers:
       unclosed_doc      a WikiExtractor ``<doc>`` without ``</doc>`` (before the next ``<doc>`` or end of file)
       text_outside_doc  a non-empty line outside any article (WikiExtractor / WikiText)
       bad_record        a JSON line that does not parse, or a record without text
+      markup_only_line  a WikiExtractor body line that was nothing but HTML tags (``</dl>``, ``<br>``)
     repaired (the content is yielded, changed)
       bad_utf8          a line with invalid UTF-8; the bad bytes became U+FFFD
+      html_tags         a WikiExtractor body line with HTML tags; the tags were removed, its text kept
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("lvmkit.corpus")
 
-REPAIRED = frozenset({"bad_utf8"})
+REPAIRED = frozenset({"bad_utf8", "html_tags"})
 
 
 @dataclass(frozen=True)
