@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def train_one(model: str, ctx: int, args, run_dir: Path, extra: list[str]) -> Pa
         print(f"  {model} ctx {ctx}: reusing finished run {run_dir}")
         return run_dir
     resume = run.last.exists()
+    if not resume and run_dir.exists():  # killed before its first checkpoint: nothing to resume
+        shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     print(f"  {model} ctx {ctx}: training{' (resuming)' if resume else ''} -> {run_dir}", flush=True)
     status = train(cfg, run_dir, resume=resume)

@@ -28,11 +28,11 @@ if step throughput; then
 fi
 if step quality; then   # same objective for every model: cosine + InfoNCE (tau 0.05, 4,096-target queue)
   LOSS='loss={cos: 1.0, infonce: 1.0, tau: 0.05, queue: 4096}'
-  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 5 --epochs 2 --max-train-windows 40000 \
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 5 --epochs 2 --max-train-windows 16000 --max-eval-queries 500 \
       --override "$LOSS" --models amn,gru,lstm,transformer,memory_gru,hierarchical_gru,mamba
   OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 100 --min-ctx 20 --epochs 2 \
-      --max-train-windows 8000 --max-test-queries 3000 --override "$LOSS" \
-      --models amn,gru,lstm,transformer,memory_gru,hierarchical_gru,mamba --out benchmarks/results/lvm_quality_ctx100.json
+      --max-train-windows 3000 --max-eval-queries 500 --max-test-queries 3000 --override "$LOSS" \
+      --models amn,transformer,hierarchical_gru,gru,mamba --out benchmarks/results/lvm_quality_ctx100.json
 fi
 if step twotower; then OMP_NUM_THREADS=1 $PY benchmarks/bench_twotower.py $BANK; fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
