@@ -66,6 +66,19 @@ def train_sampler(train: WindowSet, cfg: RunConfig, dist: D.DistInfo) -> Article
     )
 
 
+class SamplerEpochs:
+    """The loop's epoch-size queries, answered from ``self.sampler`` (shared by the LVM and two-tower tasks)."""
+
+    sampler: ArticleCappedBatchSampler
+
+    def num_batches(self, epoch: int) -> int:
+        self.sampler.set_epoch(epoch)
+        return len(self.sampler)
+
+    def windows_per_epoch(self) -> int:
+        return int(self.sampler.stats["windows_all_ranks"])
+
+
 class LVMStep(nn.Module):
     """Model and loss as one module, so that DistributedDataParallel can wrap the whole forward pass."""
 
@@ -88,7 +101,7 @@ class LVMStep(nn.Module):
         return self.loss_fn(pred, target, article)
 
 
-class LVMTask:
+class LVMTask(SamplerEpochs):
     """Next-chunk prediction on one bank. Build it with ``LVMTask.from_config``."""
 
     def __init__(
@@ -158,13 +171,6 @@ class LVMTask:
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         self._forward = wrap(self.step_module)
-
-    def num_batches(self, epoch: int) -> int:
-        self.sampler.set_epoch(epoch)
-        return len(self.sampler)
-
-    def windows_per_epoch(self) -> int:
-        return int(self.sampler.stats["windows_all_ranks"])
 
     def on_epoch_start(self, epoch: int) -> dict[str, Any]:
         self.sampler.set_epoch(epoch)

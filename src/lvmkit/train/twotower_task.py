@@ -63,7 +63,7 @@ from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
 from lvmkit.train.config import RunConfig
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.lvm_task import open_bank_and_split, train_sampler
+from lvmkit.train.lvm_task import SamplerEpochs, open_bank_and_split, train_sampler
 from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, mine_negatives, parse_schedule
 from lvmkit.train.runs import RunPaths
 
@@ -290,7 +290,7 @@ def twotower_loss(
 
 
 # ------------------------------------------------------------------------------------------ the task
-class TwoTowerTask:
+class TwoTowerTask(SamplerEpochs):
     """Two-tower retrieval on one bank. Build it with ``TwoTowerTask.from_config``."""
 
     def __init__(
@@ -422,13 +422,6 @@ class TwoTowerTask:
         for p in self.modules().parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(average)
-
-    def num_batches(self, epoch: int) -> int:
-        self.sampler.set_epoch(epoch)
-        return len(self.sampler)
-
-    def windows_per_epoch(self) -> int:
-        return int(self.sampler.stats["windows_all_ranks"])
 
     def on_epoch_start(self, epoch: int) -> dict[str, Any]:
         """Set the sampler's epoch and, when the curriculum asks for negatives, mine them (ANCE refresh)."""
