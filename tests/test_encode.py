@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +114,13 @@ def test_hashing_rows_are_unit_vectors_in_input_order(texts, batch_size, dim):
     assert sum(seen) == len(texts) and all(k <= batch_size for k in seen)
 
 
+def test_batch_size_none_means_the_encoders_default():
+    enc = HashingEncoder(dim=8)
+    seen: list[int] = []
+    enc.encode([f"text {i}" for i in range(2 * enc.default_batch_size + 5)], progress=seen.append)
+    assert seen == [enc.default_batch_size, enc.default_batch_size, 5]
+
+
 def test_hashing_info_and_load_encoder_names():
     enc = load_encoder("hash:16")
     assert isinstance(enc, Encoder) and isinstance(enc, HashingEncoder)
@@ -173,7 +182,36 @@ def test_encode_in_batches_sorts_by_length_and_restores_order():
     assert seen == [3, 3, 1]
     encode_in_batches(texts, fake, dim=2, batch_size=3, sort_by_length=False)
     assert batches[-3:] == [texts[0:3], texts[3:6], texts[6:]]
-    assert encode_in_batches([], fake, dim=2).shape == (0, 2)
+    assert encode_in_batches([], fake, dim=2, batch_size=3).shape == (0, 2)
+
+
+def test_encode_in_batches_with_workers_keeps_order_and_progress():
+    texts = [f"{'x' * (i % 13)} text {i}" for i in range(101)]
+    calls = set()
+
+    def fake(batch):
+        calls.add(threading.current_thread().name)
+        time.sleep(0.001)  # let the other worker take a batch
+        return np.array([[len(t), int(t.rsplit(" ", 1)[1])] for t in batch], dtype=np.float32)
+
+    seen = []
+    got = encode_in_batches(texts, fake, dim=2, batch_size=4, progress=seen.append, workers=3)
+    want = np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+    np.testing.assert_array_equal(got, want)
+    serial = encode_in_batches(texts, fake, dim=2, batch_size=4, progress=None, workers=1)
+    np.testing.assert_array_equal(got, serial)
+    assert sum(seen) == 101 and seen[-1] == 101 % 4 and set(seen[:-1]) == {4}
+    assert len({c for c in calls if c.startswith("lvmkit-encode")}) >= 2
+
+
+def test_encode_in_batches_error_in_a_worker_reaches_the_caller():
+    def boom(batch):
+        if any(t == "bad" for t in batch):
+            raise ValueError("bad text")
+        return np.zeros((len(batch), 2), dtype=np.float32)
+
+    with pytest.raises(ValueError, match="bad text"):
+        encode_in_batches(["ok"] * 50 + ["bad"], boom, dim=2, batch_size=2, workers=2)
 
 
 def test_l2_normalize_keeps_zero_rows_finite():

@@ -176,9 +176,10 @@ class CountingEncoder:
 
     def __init__(self, inner, die_on_call: int | None = None):
         self.inner, self.info, self.die_on_call = inner, inner.info, die_on_call
+        self.default_batch_size = inner.default_batch_size
         self.calls = self.texts = 0
 
-    def encode(self, texts, batch_size=64, progress=None):
+    def encode(self, texts, batch_size=None, progress=None):
         self.calls += 1
         if self.calls == self.die_on_call:
             raise Interrupt

@@ -78,7 +78,7 @@ def ingest(
     encoder: Any = None,
     backend: str = "st",
     limit_articles: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     shard_size: int = 4096,
     dtype: str = "float32",
     device: str = "auto",
@@ -94,7 +94,8 @@ def ingest(
                     already loaded ``Encoder``
     backend         "st", "onnx-int8" or "hash" (ignored when ``encoder`` is an Encoder object)
     limit_articles  read at most this many articles
-    batch_size      encoder batch size (does not change the bank, so it may differ on resume)
+    batch_size      encoder batch size; None = the encoder's default_batch_size (does not change the bank,
+                    so it may differ on resume)
     shard_size      chunks per shard: the unit of resumption and of peak memory
     dtype           storage dtype of vectors.npy: "float32" or "float16"
     device          encoder device: "auto", "cpu", "cuda", ... (may differ on resume)
@@ -104,7 +105,7 @@ def ingest(
     work = out / WORK_DIR
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not allowed; use one of: {', '.join(DTYPES)}")
-    if shard_size < 1 or batch_size < 1:
+    if shard_size < 1 or (batch_size is not None and batch_size < 1):
         raise ConfigError(f"shard_size and batch_size must be >= 1 (got {shard_size} and {batch_size})")
     if limit_articles is not None and limit_articles < 1:
         raise ConfigError(f"limit_articles must be >= 1 or None (got {limit_articles})")

@@ -5,7 +5,7 @@ pooling, normalisation). Every backend honours the same contract, so the rest of
 backend made a vector:
 
     enc = load_encoder()                        # offline all-MiniLM-L6-v2, sentence-transformers backend
-    vecs = enc.encode(texts, batch_size=64)     # float32 [n, 384], unit rows, row i <-> texts[i]
+    vecs = enc.encode(texts)                    # float32 [n, 384], unit rows, row i <-> texts[i]
     enc.info                                    # EncoderInfo: goes into every bank manifest
 
 Backends (``backend=``):
@@ -19,8 +19,10 @@ its longest text, so grouping similar lengths wastes less compute on padding.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -38,12 +40,15 @@ _HASH_NAME = re.compile(r"^(?:hash(?::(\d+))?|lvmkit/hashing-(\d+))$")
 
 @runtime_checkable
 class Encoder(Protocol):
-    """What every backend offers. ``encode`` returns float32 [n, info.dim], L2-normalised, in input order."""
+    """What every backend offers. ``encode`` returns float32 [n, info.dim], L2-normalised, in input order.
+    ``batch_size=None`` means the backend's ``default_batch_size`` (the fastest measured on 2 CPU cores,
+    see benchmarks/bench_encode.py)."""
 
     info: EncoderInfo
+    default_batch_size: int
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFn | None = None
+        self, texts: Sequence[str], batch_size: int | None = None, progress: ProgressFn | None = None
     ) -> np.ndarray: ...
 
 
@@ -89,27 +94,42 @@ def encode_in_batches(
     texts: Sequence[str],
     encode_batch: Callable[[list[str]], np.ndarray],
     dim: int,
-    batch_size: int = 64,
+    batch_size: int,
     progress: ProgressFn | None = None,
     sort_by_length: bool = True,
+    workers: int = 1,
 ) -> np.ndarray:
     """Run ``encode_batch`` over batches of ``texts`` and return float32 [n, dim] rows in input order.
 
     With ``sort_by_length`` the batches are cut from the texts sorted longest first (so each batch holds
     texts of similar length and little padding), and every result row is written back to its input
     position. Longest first also means an out-of-memory error shows up in the first batch, not the last.
-    ``progress(k)`` is called after each batch with its size ``k``.
+    ``progress(k)`` is called after each batch with its size ``k``. With ``workers`` > 1, that many
+    threads call ``encode_batch`` on different batches at once (for backends that release the GIL);
+    results and progress still arrive in batch order, in the calling thread.
     """
     check_texts(texts)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     order = length_order(texts) if sort_by_length else np.arange(len(texts))
     out = np.empty((len(texts), dim), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
-        out[rows] = encode_batch([texts[i] for i in rows])
-        if progress is not None:
-            progress(len(rows))
+    batches = [order[s : s + batch_size] for s in range(0, len(texts), batch_size)]
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        return encode_batch([texts[i] for i in rows])
+
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(batches) > 1:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="lvmkit-encode")
+            # on an error or Ctrl-C, drop the batches not started yet instead of encoding them all first
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            results = pool.map(run, batches)  # results in batch order
+        else:
+            results = map(run, batches)
+        for rows, vecs in zip(batches, results, strict=True):
+            out[rows] = vecs
+            if progress is not None:
+                progress(len(rows))
     return out
 
 

@@ -46,6 +46,8 @@ def feature_slot(feature: str, dim: int) -> tuple[int, float]:
 class HashingEncoder:
     """Signed feature hashing of word unigrams + bigrams into ``dim`` slots; see the module docstring."""
 
+    default_batch_size = 256
+
     def __init__(self, dim: int = 64):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ConfigError(f"hashing encoder dim must be an integer >= 1 (got {dim!r})")
@@ -76,10 +78,11 @@ class HashingEncoder:
         return v / np.linalg.norm(v)
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFn | None = None
+        self, texts: Sequence[str], batch_size: int | None = None, progress: ProgressFn | None = None
     ) -> np.ndarray:
         """float32 [n, dim], unit rows in input order; ``progress`` is told after every ``batch_size`` texts."""
         check_texts(texts)
+        batch_size = self.default_batch_size if batch_size is None else batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
         out = np.empty((len(texts), self.dim), dtype=np.float32)

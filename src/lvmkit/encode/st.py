@@ -147,6 +147,9 @@ class SentenceTransformerEncoder:
 
     def __init__(self, model: Any, source: ModelSource, sort_by_length: bool = True):
         self.model = model
+        # sentence-transformers' own default on the CPU (smaller batches measured no faster there);
+        # accelerators want bigger batches
+        self.default_batch_size = 32 if str(model.device).startswith("cpu") else 128
         self.source = source
         self.sort_by_length = sort_by_length
         self.info = EncoderInfo(
@@ -167,11 +170,12 @@ class SentenceTransformerEncoder:
         return cls(model, source, sort_by_length=sort_by_length)
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: ProgressFn | None = None
+        self, texts: Sequence[str], batch_size: int | None = None, progress: ProgressFn | None = None
     ) -> np.ndarray:
         """float32 [n, dim], unit rows, row i = texts[i]; ``progress(k)`` after each batch of k texts."""
+        size = self.default_batch_size if batch_size is None else batch_size
         return encode_in_batches(
-            texts, self._encode_batch, self.info.dim, batch_size, progress, self.sort_by_length
+            texts, self._encode_batch, self.info.dim, size, progress, self.sort_by_length
         )
 
     def _encode_batch(self, batch: list[str]) -> np.ndarray:
