@@ -86,6 +86,9 @@ def train_run(name: str, config: str, args, work: Path, extra: list[str]) -> tup
         f"optim.lr={args.lr}",
         f"optim.warmup_steps={args.warmup}",
         f"model.kwargs.hidden={args.hidden}",
+        f"model.kwargs.anchor={args.anchor}",
+        f"data.min_ctx={args.min_ctx if args.min_ctx else 'null'}",
+        f"twotower.pairs_per_article={args.pairs_per_article}",
         f"twotower.memory={args.memory}",
         f"twotower.pair_stride={args.stride}",
         f"twotower.eval_stride={args.stride}",
@@ -180,7 +183,17 @@ def main() -> None:
         "--smoke", action="store_true", help="a synthetic bank and tiny sizes: checks the script runs"
     )
     ap.add_argument("--ctx", type=int, default=100, help="context chunks per query (default 100)")
-    ap.add_argument("--stride", type=int, default=32, help="pair stride within an article (train and test)")
+    ap.add_argument("--stride", type=int, default=8, help="pair stride within an article (train and test)")
+    ap.add_argument(
+        "--min-ctx", type=int, default=10, help="shortest (left-padded) context of a pair; 0 = a full --ctx"
+    )
+    ap.add_argument("--pairs-per-article", type=int, default=30, help="cap on train pairs per article")
+    ap.add_argument(
+        "--anchor",
+        default="exp_weighted",
+        choices=["none", "exp_weighted", "last", "mean"],
+        help="query-tower anchor: the tower starts AT this heuristic and learns a residual",
+    )
     ap.add_argument("--epochs", type=int, default=4, help="epochs of each trained tower")
     ap.add_argument(
         "--schedule", default=None, help="curriculum (default: the issue's shape scaled to --epochs)"
@@ -202,7 +215,7 @@ def main() -> None:
         work = ROOT / "benchmarks/work/twotower_smoke"
         shutil.rmtree(work, ignore_errors=True)
         args.bank = str(synthetic_bank(work / "bank").path)
-        args.ctx, args.stride, args.epochs, args.max_train_pairs = 8, 4, 3, 600
+        args.ctx, args.stride, args.epochs, args.max_train_pairs, args.min_ctx = 8, 4, 3, 600, 4
         args.val_queries, args.test_queries, args.hidden, args.batch_size = 100, 150, 16, 32
         args.memory, args.n_boot, args.warmup = 256, 200, 5
         out_json, out_md = work / "twotower.json", work / "twotower.md"
@@ -232,7 +245,9 @@ def main() -> None:
 
     # The test pairs: held-out articles, the same queries for every system.
     split = make_split(bank, ratios=(0.8, 0.1, 0.1), seed=0)
-    test = make_pairs(bank, split, ctx=args.ctx, stride=args.stride, split_name="test").windows()
+    test = make_pairs(
+        bank, split, ctx=args.ctx, stride=args.stride, split_name="test", min_ctx=args.min_ctx or None
+    ).windows()
     if len(test) > args.test_queries:
         test = test.subset(
             np.sort(np.random.default_rng(2).choice(len(test), args.test_queries, replace=False))
@@ -266,7 +281,7 @@ def main() -> None:
     head = (
         f"Two-tower retrieval on bank {bank.manifest.bank_id} ({len(bank):,} chunks, {bank.n_articles:,} "
         f"articles, encoder {bank.encoder.name}); ctx {args.ctx}; {len(test):,} test pairs from held-out "
-        f"articles. Towers: bigru_pool hidden {args.hidden}, {args.epochs} epochs on at most "
+        f"articles. Towers: bigru_pool hidden {args.hidden}, anchor {args.anchor}, {args.epochs} epochs on at most "
         f"{args.max_train_pairs:,} train pairs (best epoch by val Recall@500: "
         + ", ".join(f"{k} {v}" for k, v in best_epochs.items())
         + f"); curriculum `{schedule}`.\n\n"

@@ -91,7 +91,32 @@ def test_transformer_pool_is_bidirectional():
         assert not torch.allclose(first, seen["x"][0, 0])
 
 
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("anchor", ["exp_weighted", "last", "mean"])
+def test_untrained_anchored_tower_is_its_heuristic(name, anchor):
+    """anchor + zero-initialised residual: the untrained tower equals the baseline model of that name."""
+    T = 7
+    ctx, mask = rand_ctx(3, T, seed=4), left_mask([7, 3, 1], T)
+    baseline = {"exp_weighted": "exp_weighted", "last": "copy_last", "mean": "mean_ctx"}[anchor]
+    kw = {"alpha": 0.3} if anchor == "exp_weighted" else {}
+    with torch.no_grad():
+        want = build_model(baseline, D, **kw)(ctx, mask)
+        got = make(name, anchor=anchor, anchor_alpha=0.3)(ctx, mask)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # ... and the residual is trainable: one gradient step moves it away from the heuristic
+    model = make(name, anchor=anchor).train()
+    loss = -(model(ctx, mask) * rand_ctx(3, 1, seed=9)[:, 0]).sum()
+    loss.backward()
+    assert model.out_proj.weight.grad.abs().sum() > 0
+
+
 def test_tower_options_are_checked():
+    with pytest.raises(ConfigError, match="anchor 'middle' is not known"):
+        build_model("bigru_pool", D, anchor="middle")
+    with pytest.raises(ConfigError, match="either delta: true or an anchor"):
+        build_model("transformer_pool", D, hidden=8, heads=2, anchor="last", delta=True)
+    with pytest.raises(ConfigError, match="anchor_alpha"):
+        build_model("bigru_pool", D, anchor="exp_weighted", anchor_alpha=0)
     with pytest.raises(ConfigError, match="multiple of heads"):
         build_model("transformer_pool", D, hidden=10, heads=3)
     with pytest.raises(ConfigError, match="hidden must be a positive integer"):

@@ -11,6 +11,16 @@ built by name from the model registry, and every LVM of the zoo can serve as a q
 Both are L2-normalised by ``LVM.forward``. Mean pooling over a bidirectional encoder sees the whole context
 at once: the query is a summary of the window rather than a guess of the next vector.
 
+``anchor`` starts a tower AT a heuristic query: the tower's output is ``anchor(ctx) + residual``, and the
+residual's last layer starts at zero, so an untrained tower is exactly the heuristic and training can only
+move it where the contrastive loss says so (a randomly initialised tower starts near Recall 0 and, with the
+few thousand pairs of a small bank, may never catch up with the heuristic):
+
+    none          no anchor (the predecessor's design)
+    exp_weighted  sum_t w_t ctx_t / sum_t w_t, w_t = alpha (1 - alpha)^(T-1-t) (``anchor_alpha``, 0.1)
+    last          ctx[:, -1] (the same as ``delta: true``)
+    mean          the mean of the real context vectors
+
 Document towers map bank vectors ``[N, d] -> [N, d]`` (unit vectors) and are built with ``build_doc_tower``:
 
     identity          the bank vectors as they are (no parameters): the index of the bank is the index
@@ -21,6 +31,7 @@ Document towers map bank vectors ``[N, d] -> [N, d]`` (unit vectors) and are bui
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -29,7 +40,51 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lvmkit.errors import ConfigError
 from lvmkit.models.base import LVM, has_padding, l2_normalize, masked_mean, positive_int
+from lvmkit.models.baselines import exp_weights
 from lvmkit.models.transformer import TransformerTrunk
+
+ANCHORS = ("none", "exp_weighted", "last", "mean")
+
+
+class AnchoredTower(LVM):
+    """A query tower whose output is ``anchor(ctx) + predict_residual(ctx)`` (see the module docstring)."""
+
+    def init_anchor(self, anchor: str, anchor_alpha: float, out_layer: nn.Linear) -> None:
+        if anchor not in ANCHORS:
+            raise ConfigError(f"tower anchor {anchor!r} is not known; allowed: {', '.join(ANCHORS)}")
+        if anchor != "none" and self.delta:
+            raise ConfigError(
+                "a tower takes either delta: true or an anchor, not both (anchor 'last' = delta)"
+            )
+        if not 0.0 < float(anchor_alpha) <= 1.0:
+            raise ConfigError(f"tower anchor_alpha must be in (0, 1], got {anchor_alpha}")
+        self.anchor, self.anchor_alpha = anchor, float(anchor_alpha)
+        if anchor != "none":  # the untrained tower IS the anchor heuristic
+            nn.init.zeros_(out_layer.weight)
+            nn.init.zeros_(out_layer.bias)
+        self.start_at_copy_last(out_layer)
+
+    def anchor_vector(self, ctx: Tensor, mask: Tensor | None) -> Tensor | None:
+        if self.anchor == "last":
+            return ctx[:, -1]
+        if self.anchor == "mean":
+            return masked_mean(ctx, mask)
+        if self.anchor == "exp_weighted":
+            full = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device) if mask is None else mask
+            return torch.einsum("bt,btd->bd", exp_weights(full, self.anchor_alpha, ctx.dtype), ctx)
+        return None
+
+    @abc.abstractmethod
+    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+        """The tower's own output [B, d] (added to the anchor)."""
+
+    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+        out = self.predict_residual(ctx, mask)
+        base = self.anchor_vector(ctx, mask)
+        return out if base is None else out + base
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, anchor={self.anchor}"
 
 
 def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,7 +95,7 @@ def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return x.gather(1, idx[..., None].expand_as(x)), lengths
 
 
-class BiGRUPool(LVM):
+class BiGRUPool(AnchoredTower):
     """``bigru_pool``: d -> hidden, bidirectional GRU (``layers``), masked mean over time, linear -> d.
 
     Padding never changes the result: rows are left-aligned and packed, so the GRU (in both directions)
@@ -48,7 +103,14 @@ class BiGRUPool(LVM):
     """
 
     def __init__(
-        self, dim: int, delta: bool = False, hidden: int = 256, layers: int = 1, dropout: float = 0.0
+        self,
+        dim: int,
+        delta: bool = False,
+        hidden: int = 256,
+        layers: int = 1,
+        dropout: float = 0.0,
+        anchor: str = "none",
+        anchor_alpha: float = 0.1,
     ):
         super().__init__(dim, delta)
         hidden, layers = positive_int(hidden, "bigru_pool hidden"), positive_int(layers, "bigru_pool layers")
@@ -63,8 +125,9 @@ class BiGRUPool(LVM):
         )
         self.drop = nn.Dropout(float(dropout))
         self.out_proj = nn.Linear(2 * hidden, dim)
+        self.init_anchor(anchor, anchor_alpha, self.out_proj)
 
-    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         x = self.drop(self.in_proj(ctx))
         if not has_padding(mask):
             return self.out_proj(self.gru(x)[0].mean(dim=1))
@@ -75,7 +138,7 @@ class BiGRUPool(LVM):
         return self.out_proj(masked_mean(out, real))
 
 
-class TransformerPool(TransformerTrunk):
+class TransformerPool(TransformerTrunk, AnchoredTower):
     """``transformer_pool``: d -> hidden + recency position, ``layers`` bidirectional pre-LN blocks (padded
     keys masked), masked mean over the real positions, linear -> d."""
 
@@ -90,11 +153,14 @@ class TransformerPool(TransformerTrunk):
         dropout: float = 0.0,
         pos: str = "learned",
         max_len: int = 2000,
+        anchor: str = "none",
+        anchor_alpha: float = 0.1,
     ):
         super().__init__(dim, delta)
         self.build_trunk("transformer_pool", hidden, layers, heads, mlp_ratio, dropout, pos, max_len)
+        self.init_anchor(anchor, anchor_alpha, self.out_proj)
 
-    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = ctx.shape
         x = self.embed(ctx)
         # Bidirectional: every query position may attend to every real key (an explicit mask also turns
