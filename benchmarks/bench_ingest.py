@@ -2,7 +2,7 @@
 
 Each size runs `python -m lvmkit.cli.main ingest` as a fresh subprocess on the first N articles of
 ../shared/data/enwiki2015 and records wall time, chunks/s and the peak resident memory of the process
-(sampled with psutil every 20 ms). Two sizes show whether peak memory grows with the corpus: it should
+(sampled with psutil every 100 ms). Two sizes show whether peak memory grows with the corpus: it should
 not, since ingest keeps one shard in memory at a time (the difference between sizes should be noise plus
 the reader's per-file state).
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENWIKI = ROOT.parent / "shared/data/enwiki2015"
 
 
-def peak_rss_of(cmd: list[str], interval: float = 0.02) -> tuple[int, float, int]:
+def peak_rss_of(cmd: list[str], interval: float = 0.1) -> tuple[int, float, int]:
     """Run ``cmd``; return (exit code, wall seconds, peak RSS in bytes of the process and its children)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
@@ -56,9 +56,8 @@ def run_size(n: int, args, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "lvmkit.cli.main", "ingest", str(args.corpus), "--out", str(out)]
     cmd += ["--limit-articles", str(n), "--chunker", args.chunker, "--backend", args.backend]
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     cmd += [
-        "--batch-size",
-        str(args.batch_size),
         "--shard-size",
         str(args.shard_size),
         "--device",
@@ -80,6 +79,7 @@ def run_size(n: int, args, work: Path) -> dict:
         "peak_rss_mib": round(peak / 2**20, 1),
         "encoder": manifest["encoder"]["name"],
         "backend": manifest["encoder"]["backend"],
+        "batch_size": args.batch_size or "backend default",
         "bank_mib": round(sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 2**20, 2),
     }
     if not args.keep:
@@ -89,13 +89,13 @@ def run_size(n: int, args, work: Path) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| articles | chunks | wall (s) | chunks/s | peak RSS (MiB) | encoder (backend) |",
+        "| articles | chunks | wall (s) | chunks/s | peak RSS (MiB) | encoder (backend, batch) |",
         "|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['articles']:,} | {r['chunks']:,} | {r['wall_s']:.1f} | {r['chunks_per_s']:,.1f} | "
-            f"{r['peak_rss_mib']:,.0f} | {r['encoder']} ({r['backend']}) |"
+            f"{r['peak_rss_mib']:,.0f} | {r['encoder']} ({r['backend']}, {r.get('batch_size', '?')}) |"
         )
     return "\n".join(lines)
 
@@ -109,7 +109,9 @@ def main() -> None:
     ap.add_argument("--encoder", default=None, help="encoder name (default: offline all-MiniLM-L6-v2)")
     ap.add_argument("--backend", default="st", help="st, onnx-int8 or hash (default: %(default)s)")
     ap.add_argument("--chunker", default="sentence", help="chunking spec (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default: %(default)s)")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="encoder batch size (default: the backend's own)"
+    )
     ap.add_argument("--shard-size", type=int, default=4096, help="chunks per shard (default: %(default)s)")
     ap.add_argument("--device", default="auto", help="encoder device (default: %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the banks under the work directory")

@@ -18,7 +18,7 @@ fi
 if step segmenters; then $PY benchmarks/bench_segmenters.py; fi
 if step encode; then $PY benchmarks/bench_encode.py --n 2000; fi
 if step ingest; then $PY benchmarks/bench_ingest.py --backend onnx-int8; fi
-if step search; then $PY benchmarks/bench_search.py $BANK --hnsw; fi
+if step search; then $PY benchmarks/bench_search.py $BANK; fi   # --hnsw adds HNSW (not run for README)
 if step windows; then $PY benchmarks/bench_windows_memory.py; fi
 if step mamba; then $PY benchmarks/bench_mamba_scan.py; fi
 if step throughput; then
@@ -28,11 +28,11 @@ if step throughput; then
 fi
 if step quality; then   # same objective for every model: cosine + InfoNCE (tau 0.05, 4,096-target queue)
   LOSS='loss={cos: 1.0, infonce: 1.0, tau: 0.05, queue: 4096}'
-  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 5 --epochs 2 --max-train-windows 16000 --max-eval-queries 500 \
+  $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 5 --epochs 2 --max-train-windows 16000 --max-eval-queries 500 --max-test-queries 3000 \
       --override "$LOSS" --models amn,gru,lstm,transformer,memory_gru,hierarchical_gru,mamba
-  OMP_NUM_THREADS=1 $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 100 --min-ctx 20 --epochs 2 \
+  $PY benchmarks/bench_lvm_quality.py --bank $BANK --ctx 100 --min-ctx 20 --epochs 2 \
       --max-train-windows 3000 --max-eval-queries 500 --max-test-queries 3000 --override "$LOSS" \
       --models amn,transformer,hierarchical_gru,gru,mamba --out benchmarks/results/lvm_quality_ctx100.json
 fi
-if step twotower; then OMP_NUM_THREADS=1 $PY benchmarks/bench_twotower.py $BANK; fi
+if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-train-pairs 8000 --test-queries 1500; fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
