@@ -135,8 +135,8 @@ def main() -> None:
             "status": {m: read_status(RunPaths(runs[m])) for m in models},
         }
         md.append(f"### ctx {ctx} ({len(test):,} test windows)\n\n{table}\n")
-    write_json(args.out, results)
-    write_text(Path(args.out).with_suffix(".md"), "\n".join(md))
+        write_json(args.out, results)  # after every ctx: a long run keeps what it finished
+        write_text(Path(args.out).with_suffix(".md"), "\n".join(md))
     print(f"wrote {args.out}")
     print(
         json.dumps({c: v["suite"].get("comparisons") for c, v in results["by_ctx"].items()}, indent=1)[:3000]
