@@ -5,39 +5,42 @@ bootstrap   95% intervals over queries, and paired intervals for "model vs best 
 evaluator   evaluate(predictor, windows, bank) by full-bank search; evaluate_suite with the baselines
 latency     forward + search latency percentiles and throughput
 gates       check_gates(metrics, spec): named bounds a run must meet
+
+The names below are imported on first use (PEP 562), so ``from lvmkit.eval.metrics import ...`` (numpy only)
+does not pull in torch and FAISS through this package.
 """
 
-from lvmkit.eval.bootstrap import bootstrap_ci, bootstrap_ratio_ci, paired_diff_ci
-from lvmkit.eval.evaluator import (
-    BASELINES,
-    Comparison,
-    EvalResult,
-    SuiteResult,
-    evaluate,
-    evaluate_suite,
-    format_table,
-    oracle,
-    separation_on_bank,
-)
-from lvmkit.eval.gates import GateReport, check_gates, load_gates
-from lvmkit.eval.latency import LatencyResult, measure_latency
+import importlib
+from typing import Any
 
-__all__ = [
-    "BASELINES",
-    "Comparison",
-    "EvalResult",
-    "GateReport",
-    "LatencyResult",
-    "SuiteResult",
-    "bootstrap_ci",
-    "bootstrap_ratio_ci",
-    "check_gates",
-    "evaluate",
-    "evaluate_suite",
-    "format_table",
-    "load_gates",
-    "measure_latency",
-    "oracle",
-    "paired_diff_ci",
-    "separation_on_bank",
-]
+_WHERE = {
+    "bootstrap": ("bootstrap_ci", "bootstrap_ratio_ci", "paired_diff_ci"),
+    "evaluator": (
+        "BASELINES",
+        "Comparison",
+        "EvalResult",
+        "SuiteResult",
+        "evaluate",
+        "evaluate_suite",
+        "format_table",
+        "oracle",
+        "separation_on_bank",
+    ),
+    "gates": ("GateReport", "check_gates", "load_gates"),
+    "latency": ("LatencyResult", "measure_latency"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lvmkit.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lvmkit.eval.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -40,6 +40,7 @@ from lvmkit.bank.index import SearchIndex, exact_index
 from lvmkit.errors import ConfigError, ProvenanceError
 from lvmkit.eval import metrics as M
 from lvmkit.eval.bootstrap import bootstrap_many, paired_diff_ci
+from lvmkit.eval.metrics import TABLE_COLUMNS
 
 INDEX_CHOICES = (None, "flat", "ivf", "hnsw")
 CONTAIN_K = 50
@@ -481,18 +482,6 @@ def evaluate_suite(
 
 
 # ---------------------------------------------------------------------------------------------- table
-TABLE_COLUMNS = (
-    "hit@1",
-    "hit@5",
-    "hit@10",
-    "hit@50",
-    "contain@50",
-    "eff@5",
-    "mrr@10",
-    "cos",
-    "ca_inbatch",
-    "ca_other",
-)
 
 
 def _cell(r: EvalResult, key: str) -> str:

@@ -14,6 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The per-query rates every results table shows, in this order (evaluator tables and the HTML report).
+TABLE_COLUMNS = (
+    "hit@1",
+    "hit@5",
+    "hit@10",
+    "hit@50",
+    "contain@50",
+    "eff@5",
+    "mrr@10",
+    "cos",
+    "ca_inbatch",
+    "ca_other",
+)
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)

@@ -16,18 +16,8 @@ import math
 from html import escape
 from typing import Any
 
-TABLE_COLUMNS = (
-    "hit@1",
-    "hit@5",
-    "hit@10",
-    "hit@50",
-    "contain@50",
-    "eff@5",
-    "mrr@10",
-    "cos",
-    "ca_inbatch",
-    "ca_other",
-)
+from lvmkit.eval.metrics import TABLE_COLUMNS
+
 COMPACT_COLUMNS = ("hit@1", "hit@5", "hit@10", "contain@50", "eff@5", "mrr@10", "cos", "ca_other")
 PERCENT = ("hit@", "recall@", "contain@", "eff@", "ca_")
 TWO_TOWER_TAIL = ("mrr@10", "cos", "sep_margin", "ca_other")
