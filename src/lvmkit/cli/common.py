@@ -15,6 +15,9 @@ create one at the edge and hand the library a plain callback (the library never 
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -34,7 +37,10 @@ from typer.core import TyperGroup
 
 from lvmkit.errors import LvmkitError
 
-console = Console()  # results: tables, summaries
+# Piped into a file or a log (no terminal, no $COLUMNS), rich would cut tables to 80 columns and elide the
+# numbers; a log is read in an editor, so lay results out 160 wide there.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)  # results: tables, summaries
 err_console = Console(stderr=True)  # errors and warnings
 
 EXIT_USER_ERROR = 2  # an LvmkitError: bad input, missing or incompatible artifact, bad config value
