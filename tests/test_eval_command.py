@@ -154,6 +154,17 @@ def test_split_file_for_another_bank_is_refused(trained, make_bank, tmp_path):
     )
 
 
+def test_run_directory_defaults_to_its_own_bank(trained, tmp_path):
+    bank, run = trained
+    res = runner.invoke(app, ["eval", str(run), "--latency-n", "0", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    explicit = run_eval(str(run), bank.path, out=tmp_path / "ev2", latency_n=0)
+    assert got["results"]["gru"]["metrics"]["hit@5"] == pytest.approx(explicit.result.metrics["hit@5"])
+    res = runner.invoke(app, ["eval", str(run / "best.pt"), "--latency-n", "0"])
+    assert res.exit_code == 2 and "give --bank" in res.output
+
+
 def test_bad_targets(trained, tmp_path):
     bank, _ = trained
     with pytest.raises(ConfigError, match="allowed: copy_last"):

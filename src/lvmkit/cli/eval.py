@@ -18,7 +18,14 @@ def eval_command(
         "ridge, oracle).",
         show_default=False,
     ),
-    bank: Path = typer.Option(..., "--bank", "-b", help="The bank to search (its full set of chunks)."),
+    bank: Path | None = typer.Option(
+        None,
+        "--bank",
+        "-b",
+        help="The bank to search (its full set of chunks). Default for a run directory: the bank it was "
+        "trained on (its config.yaml); required for a checkpoint or a baseline.",
+        show_default=False,
+    ),
     split: str = typer.Option(
         "test", "--split", help="Which split's windows are the queries: train, val, test."
     ),
@@ -83,6 +90,8 @@ def eval_command(
         desc = f"evaluating predictor {counter['model']}" if stage == "evaluating" else stage
         progress.update(tasks[stage], completed=done, total=total, description=desc)
 
+    if bank is None:
+        bank = run_bank(target)
     with progress:
         outcome = run_eval(
             target,
@@ -181,3 +190,21 @@ def results_table(suite, primary: str):
         style = "bold" if name == primary else ("dim" if name == "oracle" else None)
         table.add_row(name, *cells, style=style)
     return table
+
+
+def run_bank(target: str) -> Path:
+    """The bank a run directory was trained on (``bank:`` in its config.yaml), for ``--bank``'s default."""
+    from lvmkit.errors import ConfigError
+    from lvmkit.train.config import load_config
+    from lvmkit.train.runs import RunPaths
+
+    run = RunPaths(Path(target))
+    if not Path(target).is_dir() or not run.config.exists():
+        raise ConfigError(f"give --bank: {target!r} is not a run directory, so it does not record a bank")
+    bank = Path(load_config(run.config).bank)
+    if not bank.exists():
+        raise ConfigError(
+            f"the run {target} was trained on bank {bank}, which is not there (relative paths are read from "
+            "the current directory); give --bank"
+        )
+    return bank
