@@ -45,7 +45,14 @@ def exp_weights(mask: Tensor, alpha: float, dtype: torch.dtype = torch.float32) 
     return w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
 
 
-def _check_alpha(alpha: float, name: str) -> float:
+def exp_weighted_mean(ctx: Tensor, mask: Tensor | None, alpha: float) -> Tensor:
+    """[B, d]: the context averaged with ``exp_weights`` (``mask=None``: every position is real)."""
+    if mask is None:
+        mask = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
+    return torch.einsum("bt,btd->bd", exp_weights(mask, alpha, ctx.dtype), ctx)
+
+
+def check_alpha(alpha: float, name: str) -> float:
     if not 0.0 < float(alpha) <= 1.0:
         raise ConfigError(f"{name} must be in (0, 1], got {alpha}")
     return float(alpha)
@@ -58,13 +65,10 @@ class ExpWeighted(LVM):
 
     def __init__(self, dim: int, delta: bool = False, alpha: float = 0.1):
         super().__init__(dim, delta)
-        self.alpha = _check_alpha(alpha, "exp_weighted alpha")
+        self.alpha = check_alpha(alpha, "exp_weighted alpha")
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is None:
-            mask = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
-        w = exp_weights(mask, self.alpha, ctx.dtype)
-        return torch.einsum("bt,btd->bd", w, ctx)
+        return exp_weighted_mean(ctx, mask, self.alpha)
 
 
 RIDGE_FEATURES = ("auto", "flat", "pooled")
@@ -105,7 +109,7 @@ class Ridge(LVM):
         self.alpha = float(alpha)
         self.features = features
         self.max_flat_ctx = int(max_flat_ctx)
-        self.exp_alpha = _check_alpha(exp_alpha, "ridge exp_alpha")
+        self.exp_alpha = check_alpha(exp_alpha, "ridge exp_alpha")
         # Fitted state. Empty until fit(); _load_from_state_dict resizes them to what a checkpoint holds.
         self.register_buffer("weight", torch.zeros(0, dim))  # [p, d]
         self.register_buffer("bias", torch.zeros(dim))  # [d]
@@ -126,7 +130,7 @@ class Ridge(LVM):
         if mask is None:
             mask = torch.ones(n, length, dtype=torch.bool, device=ctx.device)
         if self.mode(fit_ctx) == "pooled":
-            ew = torch.einsum("bt,btd->bd", exp_weights(mask, self.exp_alpha, ctx.dtype), ctx)
+            ew = exp_weighted_mean(ctx, mask, self.exp_alpha)
             return torch.cat([ctx[:, -1], masked_mean(ctx, mask), ew], dim=1)
         x = ctx * mask.unsqueeze(-1).to(ctx.dtype)  # zero the padding
         if length > fit_ctx:

@@ -40,7 +40,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lvmkit.errors import ConfigError
 from lvmkit.models.base import LVM, has_padding, l2_normalize, masked_mean, positive_int
-from lvmkit.models.baselines import exp_weights
+from lvmkit.models.baselines import check_alpha, exp_weighted_mean
 from lvmkit.models.transformer import TransformerTrunk
 
 ANCHORS = ("none", "exp_weighted", "last", "mean")
@@ -56,9 +56,7 @@ class AnchoredTower(LVM):
             raise ConfigError(
                 "a tower takes either delta: true or an anchor, not both (anchor 'last' = delta)"
             )
-        if not 0.0 < float(anchor_alpha) <= 1.0:
-            raise ConfigError(f"tower anchor_alpha must be in (0, 1], got {anchor_alpha}")
-        self.anchor, self.anchor_alpha = anchor, float(anchor_alpha)
+        self.anchor, self.anchor_alpha = anchor, check_alpha(anchor_alpha, "tower anchor_alpha")
         if anchor != "none":  # the untrained tower IS the anchor heuristic
             nn.init.zeros_(out_layer.weight)
             nn.init.zeros_(out_layer.bias)
@@ -70,8 +68,7 @@ class AnchoredTower(LVM):
         if self.anchor == "mean":
             return masked_mean(ctx, mask)
         if self.anchor == "exp_weighted":
-            full = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device) if mask is None else mask
-            return torch.einsum("bt,btd->bd", exp_weights(full, self.anchor_alpha, ctx.dtype), ctx)
+            return exp_weighted_mean(ctx, mask, self.anchor_alpha)
         return None
 
     @abc.abstractmethod
