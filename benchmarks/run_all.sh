@@ -17,7 +17,11 @@ if step bank; then   # 2,000 enwiki articles, sentence chunks, all-MiniLM-L6-v2 
 fi
 if step segmenters; then $PY benchmarks/bench_segmenters.py; fi
 if step encode; then $PY benchmarks/bench_encode.py --n 2000; fi
-if step ingest; then $PY benchmarks/bench_ingest.py --backend onnx-int8; fi
+if step ingest; then
+  $PY benchmarks/bench_ingest.py --backend onnx-int8
+  # the same sizes without a model: does peak RSS grow outside the encoder?
+  $PY benchmarks/bench_ingest.py --backend hash --encoder hash:384 --out benchmarks/results/ingest_hash.json
+fi
 if step search; then $PY benchmarks/bench_search.py $BANK; fi   # --hnsw adds HNSW (not run for README)
 if step windows; then $PY benchmarks/bench_windows_memory.py; fi
 if step mamba; then $PY benchmarks/bench_mamba_scan.py; fi
