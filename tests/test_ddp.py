@@ -34,6 +34,7 @@ def _gather_worker(rank: int, world: int, init_file: str, out_file: str) -> None
             {"sizes": sizes, "grad": x.grad, "others": others.shape[0], "art": art.tolist()},
             f"{out_file}.{rank}",
         )
+        dist.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
     finally:
         dist.destroy_process_group()
 
