@@ -190,7 +190,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(
-            f"{source} is invalid:\n" + "\n".join(_describe(err) for err in e.errors())
+            f"{source} is invalid:\n" + "\n".join(describe_error(err) for err in e.errors())
         ) from None
 
 
@@ -241,13 +241,16 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ errors
-def _describe(err: dict[str, Any]) -> str:
-    """One line per pydantic error: the dotted field, what went wrong, what is allowed."""
+def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One line per pydantic error: the dotted field, what went wrong, what is allowed.
+
+    ``root`` is the model that was validated (default ``RunConfig``); other typed configs (the serve routing
+    file) use it to get the same messages."""
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or "<root>"
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(loc[:-1])
+        allowed = _allowed_fields(loc[:-1], root or RunConfig)
         section = ".".join(loc[:-1]) or "the top level"
         return f"  - {field}: unknown field; allowed in {section}: {', '.join(allowed)}"
     if kind == "missing":
@@ -257,8 +260,8 @@ def _describe(err: dict[str, Any]) -> str:
     return f"  - {field}: {err['msg']}{shown}"
 
 
-def _allowed_fields(loc: list[str]) -> list[str]:
-    model: Any = RunConfig
+def _allowed_fields(loc: list[str], root: Any) -> list[str]:
+    model: Any = root
     for part in loc:
         if part.isdigit():
             continue
@@ -268,4 +271,6 @@ def _allowed_fields(loc: list[str]) -> list[str]:
         model = info.annotation
         if getattr(model, "__origin__", None) is list:
             model = model.__args__[0]
+        # X | None: the model among the union's members
+        model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))

@@ -1,0 +1,1 @@
+"""The HTTP server (lvmkit serve) and the library pieces behind it."""
