@@ -45,7 +45,7 @@ from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.loop import train
 from lvmkit.train.runs import RunPaths, read_status
-from lvmkit.train.twotower_task import (
+from lvmkit.tasks.twotower.task import (
     DocBank,
     compare_to_best,
     encode_bank,

@@ -23,7 +23,7 @@ from lvmkit.models.towers import build_doc_tower
 from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.twotower_task import (
+from lvmkit.tasks.twotower.task import (
     AbortConfig,
     TwoTowerTask,
     abort_due,

@@ -93,7 +93,7 @@ def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Modu
 
 def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
     """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
-    from lvmkit.train.twotower_task import load_query_tower
+    from lvmkit.tasks.twotower.task import load_query_tower
 
     return load_query_tower(ckpt, path)
 
