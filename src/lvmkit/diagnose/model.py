@@ -166,7 +166,6 @@ def diagnose_target(
 ) -> Diagnosis:
     """``diagnose_model`` for RUN | CHECKPOINT | baseline:NAME, on the same windows ``lvmkit eval`` uses."""
     from lvmkit.eval.command import build_windows, resolve_split, resolve_target
-    from lvmkit.eval.evaluator import BASELINES, fit_ridge, oracle
 
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
@@ -174,14 +173,10 @@ def diagnose_target(
     windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     predictor = t.predictor
     if t.kind == "baseline":
-        from lvmkit.models import build_model
+        from lvmkit.eval.command import _baseline_predictor, val_windows
 
-        if t.name == "oracle":
-            predictor = oracle
-        elif t.name == "ridge":
-            predictor = fit_ridge(train, bank.dim)
-        else:
-            predictor = build_model(t.name, bank.dim, **BASELINES[t.name])
+        base_seed = t.config.seed if t.config is not None else seed
+        predictor = _baseline_predictor(t.name, bank, train, val_windows(t, bank, sp, wkw, base_seed))
     dc = t.config.data if t.config is not None else None
     d = diagnose_model(
         predictor,
