@@ -209,7 +209,9 @@ def test_lane_rerank_matches_a_numpy_loop():
         for k in range(K):
             align = proba[b, lanes[b, k]] if lanes[b, k] >= 0 else 0.0
             want = 0.7 * scores[b, k] + 0.3 * align
-            assert out[b, k] == pytest.approx(want, rel=1e-6, abs=1e-6) or (np.isinf(want) and np.isinf(out[b, k]))
+            assert out[b, k] == pytest.approx(want, rel=1e-6, abs=1e-6) or (
+                np.isinf(want) and np.isinf(out[b, k])
+            )
     np.testing.assert_array_equal(lane_rerank(scores, proba, lanes, weight=0.0), scores)
     assert lane_rerank(scores, proba, lanes, weight=1.0)[1, 2] == -np.inf
     with pytest.raises(ConfigError, match="weight"):
@@ -231,6 +233,8 @@ def test_cli_fit_assign_and_schema_error(make_bank, tmp_path):
     assert r.exit_code == 0, r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("lanes:\n  - {id: a, name: A}\n  - {id: b, nam: B}\n")
-    r = runner.invoke(app, ["lanes", "fit", str(bank.path), "--out", str(tmp_path / "c2"), "--schema", str(bad)])
+    r = runner.invoke(
+        app, ["lanes", "fit", str(bank.path), "--out", str(tmp_path / "c2"), "--schema", str(bad)]
+    )
     assert r.exit_code == 2 and "lanes.1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "c2").exists()

@@ -1,9 +1,9 @@
 """``lvmkit lanes fit | assign | schema``: domain lanes (a lane classifier, and lanes written into a bank).
 
-    lvmkit lanes schema > my_lanes.yaml                       # the default schema, to edit
-    lvmkit lanes fit /work/qs/bank --out lanes/clf [--schema my_lanes.yaml]
-    lvmkit lanes assign banks/enwiki --classifier lanes/clf
-    lvmkit diagnose lanes banks/enwiki [--run runs/gru]       # shares, per-lane Hit@5, weak lanes, confusions
+lvmkit lanes schema > my_lanes.yaml                       # the default schema, to edit
+lvmkit lanes fit /work/qs/bank --out lanes/clf [--schema my_lanes.yaml]
+lvmkit lanes assign banks/enwiki --classifier lanes/clf
+lvmkit diagnose lanes banks/enwiki [--run runs/gru]       # shares, per-lane Hit@5, weak lanes, confusions
 """
 
 from __future__ import annotations
@@ -31,14 +31,18 @@ def _floats(text: str, what: str) -> list[float]:
 def fit(
     bank: Annotated[
         Path,
-        typer.Argument(help="A labelled bank: its `label` column holds the labels the schema maps to lanes.",
-                       show_default=False),
+        typer.Argument(
+            help="A labelled bank: its `label` column holds the labels the schema maps to lanes.",
+            show_default=False,
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for classifier.json + weights.npz.")],
     schema: Annotated[
         Path | None, typer.Option("--schema", help="Lane schema YAML (default: the packaged 16-lane schema).")
     ] = None,
-    ratios: Annotated[str, typer.Option(help="Train,val,test fractions of the article-disjoint split.")] = "0.8,0.1,0.1",
+    ratios: Annotated[
+        str, typer.Option(help="Train,val,test fractions of the article-disjoint split.")
+    ] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Split seed (and the seed of the train sample).")] = 0,
     cs: Annotated[
         str, typer.Option("--C", help="Inverse regularisation strengths tried; the best on val is kept.")
@@ -69,7 +73,9 @@ def fit(
     )
     show_confusion(m["confusion"]["lanes"], m["confusion"]["matrix"])
     for c in top_confusions(m["confusion"]["matrix"], m["confusion"]["lanes"]):
-        console.print(f"  {c['true']} -> {c['predicted']}: {c['count']} ({100 * c['rate']:.1f}% of {c['true']})")
+        console.print(
+            f"  {c['true']} -> {c['predicted']}: {c['count']} ({100 * c['rate']:.1f}% of {c['true']})"
+        )
     console.print(f"wrote {out}")
 
 
@@ -92,7 +98,9 @@ def show_confusion(ids: list[str], matrix: list[list[int]]) -> None:
 @lanes_app.command("assign")
 def assign(
     bank: Annotated[Path, typer.Argument(help="Bank directory to add lane columns to.", show_default=False)],
-    classifier: Annotated[Path, typer.Option("--classifier", "-c", help="A directory from `lvmkit lanes fit`.")],
+    classifier: Annotated[
+        Path, typer.Option("--classifier", "-c", help="A directory from `lvmkit lanes fit`.")
+    ],
 ) -> None:
     """Add `lane` (per chunk) and `article_lane` (article majority) columns to the bank; bank_id is unchanged."""
     from lvmkit.bank.bank import VectorBank

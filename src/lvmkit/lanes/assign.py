@@ -46,7 +46,9 @@ class LaneAssignment:
     def shares(self) -> dict[str, float]:
         """Share of chunks per lane (schema order, empty lanes included)."""
         counts = np.bincount(self.lanes, minlength=len(self.schema))
-        return {lid: float(c / max(1, len(self.lanes))) for lid, c in zip(self.schema.ids, counts, strict=True)}
+        return {
+            lid: float(c / max(1, len(self.lanes))) for lid, c in zip(self.schema.ids, counts, strict=True)
+        }
 
 
 def predict_bank(

@@ -80,14 +80,20 @@ class LaneClassifier:
         """Refuse (ProvenanceError) vectors from another encoder than the one the classifier was fitted on."""
         enc = bank_or_encoder.encoder if isinstance(bank_or_encoder, VectorBank) else bank_or_encoder
         if what is None:
-            what = f"bank {bank_or_encoder.path}" if isinstance(bank_or_encoder, VectorBank) else "the vectors"
+            what = (
+                f"bank {bank_or_encoder.path}" if isinstance(bank_or_encoder, VectorBank) else "the vectors"
+            )
         check_same_space(self.encoder, enc, f"the lane classifier {self.path or ''}".rstrip(), what)
 
     # ---------------------------------------------------------------------------------------- storage
     @property
     def weights_sha256(self) -> str:
         h = hashlib.sha256()
-        for a in (self.classes.astype(np.int64), self.coef.astype(np.float64), self.intercept.astype(np.float64)):
+        for a in (
+            self.classes.astype(np.int64),
+            self.coef.astype(np.float64),
+            self.intercept.astype(np.float64),
+        ):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
@@ -163,7 +169,9 @@ def majority_lanes(lanes: np.ndarray, groups: np.ndarray, n_groups: int, n_lanes
 
 def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """int64 [n, n]: ``C[i, j]`` = rows of true lane i predicted as lane j."""
-    return np.bincount(np.asarray(true) * n + np.asarray(pred), minlength=n * n).reshape(n, n).astype(np.int64)
+    return (
+        np.bincount(np.asarray(true) * n + np.asarray(pred), minlength=n * n).reshape(n, n).astype(np.int64)
+    )
 
 
 def _labelled_rows(bank: VectorBank, schema: LaneSchema) -> tuple[np.ndarray, dict[str, int]]:
@@ -262,7 +270,9 @@ def fit_lane_classifier(
     return clf
 
 
-def held_out_metrics(clf: LaneClassifier, bank: VectorBank, rows: np.ndarray, y_all: np.ndarray) -> dict[str, Any]:
+def held_out_metrics(
+    clf: LaneClassifier, bank: VectorBank, rows: np.ndarray, y_all: np.ndarray
+) -> dict[str, Any]:
     """Accuracy per chunk, balanced accuracy, per-article majority accuracy and the confusion matrix."""
     L = clf.n_lanes
     if len(rows) == 0:
@@ -283,7 +293,12 @@ def held_out_metrics(clf: LaneClassifier, bank: VectorBank, rows: np.ndarray, y_
         "test_balanced_accuracy": float(recall[support > 0].mean()),
         "test_article_accuracy": float((art_pred == art_true).mean()),
         "test_recall_by_lane": {clf.schema.ids[i]: float(recall[i]) for i in range(L) if support[i] > 0},
-        "confusion": {"lanes": clf.schema.ids, "matrix": cm.tolist(), "rows": "true lane", "columns": "predicted"},
+        "confusion": {
+            "lanes": clf.schema.ids,
+            "matrix": cm.tolist(),
+            "rows": "true lane",
+            "columns": "predicted",
+        },
     }
 
 

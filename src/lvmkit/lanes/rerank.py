@@ -27,7 +27,9 @@ def lane_alignment(query_lane_proba: np.ndarray, cand_lanes: np.ndarray) -> np.n
             f"query_lane_proba must be [B, L] and cand_lanes [B, K] with the same B, got {p.shape} and {lanes.shape}"
         )
     if lanes.size and lanes.max() >= p.shape[1]:
-        raise ConfigError(f"cand_lanes holds lane {int(lanes.max())} but query_lane_proba has {p.shape[1]} lanes")
+        raise ConfigError(
+            f"cand_lanes holds lane {int(lanes.max())} but query_lane_proba has {p.shape[1]} lanes"
+        )
     out = np.take_along_axis(p, np.clip(lanes, 0, None), axis=1)
     return np.where(lanes >= 0, out, 0.0)
 

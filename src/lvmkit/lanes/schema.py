@@ -117,7 +117,9 @@ class LaneSchema(BaseModel):
         try:
             return self.ids.index(lane_id)
         except ValueError:
-            raise ConfigError(f"no lane {lane_id!r} in schema {self.name}; lanes: {', '.join(self.ids)}") from None
+            raise ConfigError(
+                f"no lane {lane_id!r} in schema {self.name}; lanes: {', '.join(self.ids)}"
+            ) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
