@@ -12,6 +12,7 @@ from __future__ import annotations
 from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
+from lvmkit.cli import lanes as lanes_cli
 from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
@@ -36,6 +37,7 @@ app.command("eval")(eval_cli.eval_command)
 app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
+app.add_typer(lanes_cli.lanes_app, name="lanes")
 # ------------------------------------------------------------------------------------------------------
 
 
