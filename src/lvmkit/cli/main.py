@@ -9,6 +9,7 @@ them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
 
 from __future__ import annotations
 
+from lvmkit.cli import align as align_cli
 from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
@@ -36,6 +37,7 @@ app.command("eval")(eval_cli.eval_command)
 app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
+app.command("align")(align_cli.align)
 # ------------------------------------------------------------------------------------------------------
 
 

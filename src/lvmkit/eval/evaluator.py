@@ -120,6 +120,12 @@ def _batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
         yield np.arange(s, min(n, s + batch_size))
 
 
+def predict_all(predictor, windows, batch_size: int = 256) -> np.ndarray:
+    """float32 [W, d]: ``predictor``'s output for every window (a module in eval mode, restored after)."""
+    with _Predict(predictor) as predict:
+        return np.concatenate([predict(windows.batch(idx)) for idx in _batches(len(windows), batch_size)])
+
+
 # ---------------------------------------------------------------------------------------------- search
 def resolve_index(bank: VectorBank, index: str | None) -> SearchIndex:
     """The index to search: the bank's own (None), an explicit exact one ("flat"), or the bank's stored
