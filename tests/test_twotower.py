@@ -20,9 +20,6 @@ from lvmkit.errors import ConfigError
 from lvmkit.losses import info_nce
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.train.checkpoint import load_checkpoint
-from lvmkit.train.config import load_config
-from lvmkit.train.gradcache import cached_forward, split_batch
 from lvmkit.tasks.twotower.task import (
     AbortConfig,
     TwoTowerTask,
@@ -31,6 +28,9 @@ from lvmkit.tasks.twotower.task import (
     twotower_logits,
     twotower_loss,
 )
+from lvmkit.train.checkpoint import load_checkpoint
+from lvmkit.train.config import load_config
+from lvmkit.train.gradcache import cached_forward, split_batch
 
 runner = CliRunner()
 D = 16
