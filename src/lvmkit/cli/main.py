@@ -16,6 +16,7 @@ from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
+from lvmkit.cli import serve as serve_cli
 from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
 
@@ -36,6 +37,7 @@ app.command("eval")(eval_cli.eval_command)
 app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
+app.command("serve")(serve_cli.serve)
 # ------------------------------------------------------------------------------------------------------
 
 
