@@ -332,3 +332,103 @@ class Router:
             latency = {name: w.summary() for name, w in self._windows.items()}
             canary = self._canary.to_dict() if self._canary is not None else None
         return {"config": self.config.summary(), "canary": canary, "latency": latency}
+
+
+# ------------------------------------------------------------------------------ the runs behind a router
+@dataclass
+class ShadowAnswer:
+    run: str
+    latency_ms: float
+    chunk_ids: list[int]
+    scores: list[float]
+    overlap: float  # |shadow top-k & answer top-k| / k
+
+
+class RoutedRuns:
+    """Several loaded runs behind one ``Router``: the ``Predictors`` the server asks when ``--routing`` is given.
+
+    ``answer`` chooses the run, predicts and records the forward's latency (the predict stage: encoding and
+    search are the same work whichever run answers, so they would only dilute the comparison the guardrail
+    makes). ``run_shadows`` computes the shadow runs' answers after the response has been sent."""
+
+    def __init__(self, router: Router, predictors: dict[str, Any]):
+        missing = sorted(set(router.config.all_runs()) - set(predictors))
+        if missing:
+            raise ConfigError(f"routing names runs that were not loaded: {', '.join(missing)}")
+        self.router, self.predictors = router, predictors
+        self._agreement: dict[str, list[float]] = {s: [0.0, 0.0] for s in router.config.shadows}  # [n, sum]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, config: RoutingConfig, bank, runs_dir: Path | None = None) -> RoutedRuns:
+        """Load every run the config names (each refused when trained in another vector space than ``bank``)."""
+        from dataclasses import replace
+
+        from lvmkit.serve.predictors import load_predictor
+
+        if not config.runs:
+            raise ConfigError(
+                "the routing file has no 'runs:' mapping (name -> run directory or baseline:NAME)"
+            )
+        loaded = {}
+        for name in config.all_runs():
+            pred = load_predictor(config.runs[name], bank, runs_dir)
+            loaded[name] = replace(pred, name=name, info={**pred.info, "spec": config.runs[name]})
+        return cls(Router(config), loaded)
+
+    # ---- Predictors
+    def answer(self, request_id: str, context: np.ndarray) -> tuple[str, np.ndarray]:
+        decision = self.router.choose(request_id, len(context))
+        t0 = time.perf_counter()
+        vec = self.predictors[decision.run].predict(context)
+        self.router.record(decision.run, (time.perf_counter() - t0) * 1000.0)
+        return decision.run, vec
+
+    def describe(self) -> list[dict[str, Any]]:
+        roles = self._roles()
+        return [{"name": n, "ctx": p.ctx, "role": roles[n], **p.info} for n, p in self.predictors.items()]
+
+    def names(self) -> list[str]:
+        return list(self.predictors)
+
+    # ---- shadows and /v1/info
+    def shadows_for(self, run: str) -> tuple[str, ...]:
+        return tuple(s for s in self.router.config.shadows if s != run)
+
+    def run_shadows(self, run: str, context: np.ndarray, answer_ids: list[int], search) -> list[ShadowAnswer]:
+        """Each shadow's answer for a request ``run`` answered: ``search(vec) -> (scores [k], ids [k])`` is the
+        same search (k, exclusions) the answer used. Latencies go into the router's windows."""
+        out = []
+        k = max(1, len(answer_ids))
+        for name in self.shadows_for(run):
+            t0 = time.perf_counter()
+            vec = self.predictors[name].predict(context)
+            latency = (time.perf_counter() - t0) * 1000.0
+            self.router.record(name, latency)
+            scores, ids = search(vec)
+            keep = [int(i) for i in ids if i >= 0]
+            overlap = len(set(keep) & set(answer_ids)) / k
+            with self._lock:
+                stats = self._agreement.setdefault(name, [0.0, 0.0])
+                stats[0] += 1
+                stats[1] += overlap
+            out.append(ShadowAnswer(name, latency, keep, [float(s) for s in scores[: len(keep)]], overlap))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        info = self.router.info()
+        with self._lock:
+            info["shadow_agreement"] = {
+                name: {"requests": int(n), "mean_overlap_at_k": (s / n if n else None)}
+                for name, (n, s) in self._agreement.items()
+            }
+        return info
+
+    def _roles(self) -> dict[str, str]:
+        cfg = self.router.config
+        roles = dict.fromkeys(self.predictors, "route")
+        roles.update(dict.fromkeys(cfg.shadows, "shadow"))
+        if cfg.canary is not None:
+            roles[cfg.canary.run] = "canary"
+        roles[cfg.default] = "default"
+        return roles
