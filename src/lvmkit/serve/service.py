@@ -262,8 +262,7 @@ class Service:
 
     def rows_with_texts(self, texts: list[str]) -> np.ndarray:
         """Bank rows whose chunk text equals one of ``texts``."""
-        mask = pc.is_in(self.bank.chunks.column("text"), value_set=pa.array(texts, pa.string()))
-        return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int64)
+        return rows_with_texts(self.bank, texts)
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         rows = [int(i) for i in ids if i >= 0]
@@ -299,6 +298,12 @@ def _load_models(
             raise ConfigError("give --run or --routing, not both (the routing file names its runs)")
         return RoutedRuns.open(routing, vb, runs_dir)
     return SingleRun(load_predictor(run or "baseline:copy_last", vb, runs_dir))
+
+
+def rows_with_texts(bank: VectorBank, texts: list[str]) -> np.ndarray:
+    """Bank rows whose chunk text equals one of ``texts`` (the context the server leaves out of results)."""
+    mask = pc.is_in(bank.chunks.column("text"), value_set=pa.array(texts, pa.string()))
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int64)
 
 
 def bank_chunker(bank: VectorBank):
