@@ -63,6 +63,13 @@ def serve(
         list[str] | None,
         typer.Option("--set", help="Override a routing field, e.g. --set canary.share=0.1 (repeatable)."),
     ] = None,
+    batch_search: Annotated[
+        bool,
+        typer.Option(
+            help="Coalesce concurrent requests' searches into one FAISS call (a micro-batcher; see the README's "
+            "load table for when it pays)."
+        ),
+    ] = False,
     log_requests: Annotated[
         Path | None,
         typer.Option(
@@ -117,6 +124,7 @@ def serve(
             limits=limits,
             routing=routing_cfg,
             log_requests=log_requests,
+            batch_search=batch_search,
         )
     names = ", ".join(service.models.names())
     console.print(

@@ -41,6 +41,7 @@ from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.manifest import check_same_space
 from lvmkit.corpus.readers.text import normalize_ws
 from lvmkit.errors import ConfigError, RequestError
+from lvmkit.serve.batcher import MicroBatcher
 from lvmkit.serve.predictors import Predictors, SingleRun, load_predictor
 from lvmkit.serve.requestlog import RequestLog
 from lvmkit.serve.routing import RoutedRuns, RoutingConfig
@@ -76,6 +77,7 @@ class Service:
         runs_dir: Path | None = None,
         limits: Limits | None = None,
         request_log: RequestLog | None = None,
+        batch_search: bool = False,
     ):
         self.bank, self.encoder, self.models = bank, encoder, models
         self.runs_dir = Path(runs_dir) if runs_dir is not None else None
@@ -83,6 +85,8 @@ class Service:
         self.request_log = request_log
         self.chunker = bank_chunker(bank)
         self.index = bank.index()
+        # --batch-search: concurrent requests' searches coalesced into one FAISS call (lvmkit.serve.batcher)
+        self.searcher = MicroBatcher(self.index) if batch_search else self.index
 
     @classmethod
     def open(
@@ -97,6 +101,7 @@ class Service:
         limits: Limits | None = None,
         routing: RoutingConfig | None = None,
         log_requests: str | Path | None = None,
+        batch_search: bool = False,
     ) -> Service:
         """Open the bank, load its encoder and the run (refused when trained in another vector space), and
         build the index. ``run`` None serves the copy_last baseline; ``runs_dir`` defaults to the run's parent.
@@ -113,7 +118,7 @@ class Service:
         enc = load_encoder(vb.encoder.name, backend=backend or vb.encoder.backend, device=device)
         check_same_space(vb.encoder, enc.info, f"bank {vb.path}", "the query encoder")
         log = RequestLog(log_requests) if log_requests is not None else None
-        svc = cls(vb, enc, models, runs_dir, limits, log)
+        svc = cls(vb, enc, models, runs_dir, limits, log, batch_search)
         svc.index.set_nprobe(nprobe)
         return svc
 
@@ -139,7 +144,7 @@ class Service:
             models=self.models.describe(),
             routing=self.models.info() if isinstance(self.models, RoutedRuns) else None,
             request_log=str(self.request_log.dir) if self.request_log is not None else None,
-            index=index_info(self.index),
+            index=index_info(self.index, self.searcher),
             protocol=PROTOCOL,
             limits=self.limits,
             runs_dir=str(self.runs_dir) if self.runs_dir else None,
@@ -152,7 +157,7 @@ class Service:
         t0 = time.perf_counter()
         q = self.encoder.encode([req.text])
         t1 = time.perf_counter()
-        scores, ids = self.index.search(q, k)
+        scores, ids = self.searcher.search(q, k)
         t2 = time.perf_counter()
         response = SearchResponse(
             k=k, hits=self.hits(scores[0], ids[0]), timings_ms={"encode": ms(t0, t1), "search": ms(t1, t2)}
@@ -180,7 +185,7 @@ class Service:
         t2 = time.perf_counter()
         excluded = self.rows_with_texts(texts) if req.exclude_context else np.zeros(0, dtype=np.int64)
         queries = np.stack([np.asarray(predicted, dtype=np.float32), vectors[-1]])
-        scores, ids = self.index.search(queries, k, exclude=[excluded, excluded])
+        scores, ids = self.searcher.search(queries, k, exclude=[excluded, excluded])
         t3 = time.perf_counter()
         used = min(
             len(texts), next((d["ctx"] for d in self.models.describe() if d["name"] == run), len(texts))
@@ -319,11 +324,13 @@ def bank_chunker(bank: VectorBank):
         return None
 
 
-def index_info(index) -> dict[str, Any]:
-    """The index's parameters, with the nprobe / efSearch it searches with now."""
+def index_info(index, searcher=None) -> dict[str, Any]:
+    """The index's parameters, with the nprobe / efSearch it searches with now (and the batcher's counts)."""
     import faiss
 
     info = dict(index.params)
+    if isinstance(searcher, MicroBatcher):
+        info["batch_search"] = searcher.stats.to_dict()
     if info.get("type") == "ivf":
         info["nprobe"] = int(faiss.extract_index_ivf(index.faiss).nprobe)
     elif info.get("type") == "hnsw":
