@@ -56,7 +56,7 @@ def replay(
 
     vb = VectorBank.open(bank if bank is not None else run_bank(run[0]))
     with make_progress() as progress:
-        task = progress.add_task("replaying", total=None, unit="requests")
+        task = progress.add_task("replaying (encode, then one search per system)", total=None, unit="systems")
         result = run_replay(
             log,
             run,
