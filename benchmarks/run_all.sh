@@ -40,3 +40,6 @@ if step quality; then   # same objective for every model: cosine + InfoNCE (tau 
 fi
 if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-train-pairs 8000 --test-queries 1500; fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
+if step serve; then   # (here: SERVE_RUN=/work/qs/runs/gru, the quickstart gru on the enwiki bank: same encoder) loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror
+  $PY benchmarks/bench_serve.py $BANK --run "${SERVE_RUN:-quickstart_out/runs/gru}" --requests 300 --phase-seconds 45 --soak-seconds 600
+fi

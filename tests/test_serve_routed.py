@@ -96,3 +96,18 @@ def test_routing_and_run_together_are_refused(tmp_path):
     bank = make_corpus_bank(tmp_path)
     with pytest.raises(ConfigError, match="not both"):
         Service.open(bank.path, run="baseline:copy_last", routing=RoutingConfig.model_validate(ROUTING))
+
+
+def test_cli_names_the_bad_routing_field(tmp_path):
+    from typer.testing import CliRunner
+
+    from lvmkit.cli.main import app
+
+    bad = tmp_path / "routing.yaml"
+    bad.write_text(
+        "runs: {a: 'baseline:copy_last', b: 'baseline:mean_ctx'}\ndefault: a\ncanary: {run: b, share: 2}\n"
+    )
+    r = CliRunner().invoke(app, ["serve", str(tmp_path), "--routing", str(bad)])
+    assert r.exit_code == 2 and "canary.share" in r.output, r.output
+    r = CliRunner().invoke(app, ["serve", str(tmp_path), "--set", "canary.share=0.1"])
+    assert r.exit_code == 2 and "needs --routing" in r.output, r.output
