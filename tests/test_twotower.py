@@ -20,17 +20,12 @@ from lvmkit.errors import ConfigError
 from lvmkit.losses import info_nce
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
+from lvmkit.tasks.twotower.config import AbortConfig
+from lvmkit.tasks.twotower.loss import twotower_logits, twotower_loss
+from lvmkit.tasks.twotower.task import TwoTowerTask, abort_due
 from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.tasks.twotower.task import (
-    AbortConfig,
-    TwoTowerTask,
-    abort_due,
-    parse_twotower,
-    twotower_logits,
-    twotower_loss,
-)
 
 runner = CliRunner()
 D = 16
@@ -273,18 +268,25 @@ def test_abort_rule_fires_exactly_when_specified(values, rule, due):
     "raw, fragment",
     [
         ({"tau": -1}, "twotower.tau: Input should be greater than 0"),
-        ({"temperature": 0.1}, "twotower.temperature: unknown field; allowed: pairs,"),
+        ({"temperature": 0.1}, "twotower.temperature: unknown field; allowed in twotower: pairs,"),
         ({"schedule": "0-5:none;5-9:8@0.8-0.9"}, "twotower.schedule: Value error, mining schedule stages"),
         (
             {"abort": {"below": 0.1, "after": 3}},
-            "twotower.abort.after: unknown field; allowed: metric, below",
+            "twotower.abort.after: unknown field; allowed in twotower.abort: metric, below",
+        ),
+        (
+            {"doc_kwargs": {"hiden": 8}},
+            "twotower.doc_kwargs.hiden: unknown field; allowed in twotower.doc_kwargs: hidden",
         ),
         ({"doc_tower": "mlp"}, "twotower.doc_tower: Input should be 'identity' or 'adapter'"),
     ],
 )
 def test_twotower_section_errors_name_the_field(raw, fragment):
+    """The twotower section is typed: load_config names the dotted field and what is allowed."""
+    from lvmkit.train.config import config_from_dict
+
     with pytest.raises(ConfigError) as e:
-        parse_twotower(raw)
+        config_from_dict({"task": "twotower", "bank": "b", "twotower": raw})
     assert fragment in str(e.value)
 
 
@@ -331,8 +333,15 @@ def test_pairs_cli_then_train_cli_with_curriculum(make_bank, tmp_path):
     assert "| bigru_pool |" in (out / "metrics.md").read_text()
     ckpt = load_checkpoint(out / "best.pt")
     assert set(ckpt["modules"]) == {"model", "doc", "memory"} and ckpt["doc_tower"]["name"] == "adapter"
-    res = invoke("eval", out, "--bank", bank.path, "--latency-n", 0)  # an adapter run cannot be scored as-is
-    assert res.exit_code == 2 and "document tower 'adapter'" in res.output, res.output
+    # `lvmkit eval RUN` reproduces the run's own final evaluation exactly: the same test pairs, the adapter's
+    # document bank, the same heuristics, numbers and comparison (the bank defaults to the run's)
+    res = invoke("eval", out, "--latency-n", 0)
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "eval-test/metrics.json").read_text())
+    assert again["n_queries"] == metrics["n_queries"] and again["task"] == "twotower"
+    assert again["results"] == metrics["results"]
+    assert again["comparisons"] == metrics["comparisons"]
+    assert "recall@10 95% CI" in res.output and "| bigru_pool |" in (out / "eval-test/metrics.md").read_text()
     res = invoke("runs", "status", out)
     assert res.exit_code == 0 and "finished" in res.output, res.output
 
@@ -399,7 +408,9 @@ def test_loss_section_and_unknown_early_stopping_metric_are_refused(make_bank, t
     bank, _ = planted_bank(make_bank, tmp_path, n_main=20)
     res = invoke("train", "configs/twotower_plain.yaml", "--out", tmp_path / "a",
                  *[f"--set={s}" for s in tiny_overrides(bank, "loss={cos: 1.0, infonce: 0.1}")])  # fmt: skip
-    assert res.exit_code == 2 and "not used by two-tower runs" in res.output, res.output
+    assert res.exit_code == 2 and "loss: unknown field (loss is the section of task: lvm)" in res.output, (
+        res.output
+    )
     res = invoke("train", "configs/twotower_plain.yaml", "--out", tmp_path / "b",
                  *[f"--set={s}" for s in tiny_overrides(bank, "early_stopping.metric=val_hit@5")])  # fmt: skip
     assert res.exit_code == 2 and "val_recall@10" in res.output, res.output

@@ -165,35 +165,28 @@ def diagnose_target(
     nprobe: int | None = None,
 ) -> Diagnosis:
     """``diagnose_model`` for RUN | CHECKPOINT | baseline:NAME, on the same windows ``lvmkit eval`` uses."""
-    from lvmkit.eval.command import build_windows, resolve_split, resolve_target
-    from lvmkit.eval.evaluator import BASELINES, fit_ridge, oracle
+    from lvmkit.eval.command import baseline_predictor, build_windows, resolve_split, resolve_target
+    from lvmkit.tasks import get_task
 
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
-    windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
-    predictor = t.predictor
-    if t.kind == "baseline":
-        from lvmkit.models import build_model
-
-        if t.name == "oracle":
-            predictor = oracle
-        elif t.name == "ridge":
-            predictor = fit_ridge(train, bank.dim)
-        else:
-            predictor = build_model(t.name, bank.dim, **BASELINES[t.name])
-    dc = t.config.data if t.config is not None else None
+    windows, train, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed, with_train=True)
+    predictor = baseline_predictor(t.name, bank.dim, train) if t.kind == "baseline" else t.predictor
+    predictor, space = get_task(cfg.task).search_space(predictor, bank)
     d = diagnose_model(
         predictor,
         windows,
-        bank,
+        space,
         train_windows=train,
-        batch_size=dc.batch_size if dc else 64,
-        max_per_article=dc.max_per_article if dc else 2,
-        sampler_seed=t.config.seed if t.config is not None else seed,
+        batch_size=cfg.data.batch_size,
+        max_per_article=cfg.data.max_per_article,
+        sampler_seed=cfg.seed,
         nprobe=nprobe,
         name=t.name,
         subject=t.describe(),
     )
-    d.stats.update(split=split, split_source=source, windows=wkw)
+    d.stats.update(
+        split=split, split_source=source, task=cfg.task, windows={"ctx": cfg.data.ctx, "seed": cfg.seed}
+    )
     return d

@@ -101,6 +101,24 @@ def check_bank(ckpt: dict[str, Any], bank, what: str = "the checkpoint") -> None
         )
 
 
+def model_from_checkpoint(
+    ckpt: dict[str, Any],
+    path: Any = "the checkpoint",
+    module: str = "model",
+    spec_key: str = "model",
+    build=None,
+) -> nn.Module:
+    """The one checkpoint-to-model loader: ``build(**ckpt[spec_key])`` (default ``build_model``) with the weights
+    of ``ckpt["modules"][module]``, in eval mode. Every task's ``load_predictor`` and ``load_model`` use it."""
+    if build is None:
+        from lvmkit.models import build_model as build
+    if module not in ckpt["modules"] or spec_key not in ckpt:
+        raise ArtifactError(f"{path} holds no module named {module!r} (it has: {', '.join(ckpt['modules'])})")
+    model = build(**ckpt[spec_key])
+    model.load_state_dict(ckpt["modules"][module])
+    return model.eval()
+
+
 def load_model(
     path: str | os.PathLike, bank=None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -108,15 +126,7 @@ def load_model(
 
     With ``bank`` given, the checkpoint must have been trained on that bank (ProvenanceError otherwise).
     """
-    from lvmkit.models import build_model
-
     ckpt = load_checkpoint(path, map_location=map_location)
     if bank is not None:
         check_bank(ckpt, bank, what=f"checkpoint {path}")
-    spec = ckpt["model"]
-    if "model" not in ckpt["modules"]:
-        raise ArtifactError(f"{path} holds no module named 'model' (it has: {', '.join(ckpt['modules'])})")
-    model = build_model(**spec)
-    model.load_state_dict(ckpt["modules"]["model"])
-    model.eval()
-    return model, ckpt
+    return model_from_checkpoint(ckpt, path), ckpt

@@ -17,7 +17,6 @@ weights of a killed-and-resumed run equal those of an uninterrupted one, bit for
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -40,13 +39,6 @@ from lvmkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from lvmkit.train.config import RunConfig, config_diff, load_config, save_config
 from lvmkit.train.runs import RunPaths, now, write_status
 from lvmkit.train.triage import gate_rules, write_gate_triage, write_nan_triage
-
-# Tasks by config name ("module:Class"); each class has ``from_config(cfg, run, dist, rng, resume)``.
-# The two-tower task registers itself here with one line.
-TASKS: dict[str, str] = {
-    "lvm": "lvmkit.tasks.lvm:LVMTask",
-    "twotower": "lvmkit.tasks.twotower.task:TwoTowerTask",
-}
 
 # Fields that may change between a run and its resume: they do not alter the trajectory already trained.
 RESUMABLE_CHANGES = (
@@ -501,12 +493,10 @@ def prepare_run_dir(run: RunPaths, cfg: RunConfig, resume: bool) -> RunConfig:
 def build_task(
     cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool
 ) -> Task:
-    """Instantiate the task class registered for ``cfg.task``."""
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is not available in this lvmkit; available: {', '.join(TASKS)}")
-    module_name, _, class_name = TASKS[cfg.task].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls.from_config(cfg, run=run, dist=dist, rng=rng, resume=resume)
+    """The training task of ``cfg.task``, from the task registry (``lvmkit.tasks.TASKS``)."""
+    from lvmkit.tasks import get_task
+
+    return get_task(cfg.task).build_task(cfg, run, dist, rng, resume)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
