@@ -83,7 +83,8 @@ def compare_runs(
     All runs must share the bank, the split (same article assignment) and the window settings (ctx, min_ctx,
     pad, stride): otherwise their numbers are not comparable and this raises ConfigError naming the run.
     The queries come from the runs' task spec (``query_sets``: the same sample rule as the trainer's, capped
-    at ``max_queries``); ridge is fitted on the runs' train windows. Returns the suite and a small info dict.
+    at ``max_queries``); ridge is fitted on the runs' train windows, the blend tuned on their val windows.
+    Returns the suite and a small info dict.
     """
     if not run_dirs:
         raise ConfigError("compare_runs needs at least one run directory")
@@ -116,8 +117,10 @@ def compare_runs(
         ckpt = load_checkpoint(r.best)
         check_bank(ckpt, bank, what=f"checkpoint {r.best}")
         models[name] = spec.load_predictor(ckpt, r.best)[1]
-    train = sets.train if spec.suite_uses_train else None
-    suite = spec.evaluate_suite(c0, models, windows, bank, train_windows=train, seed=seed)
+    fit_on = spec.fit_sets(sets)
+    suite = spec.evaluate_suite(
+        c0, models, windows, bank, train_windows=fit_on.get("train"), val_windows=fit_on.get("val"), seed=seed
+    )
     d = c0.data
     info = {
         "split": split,

@@ -165,15 +165,21 @@ def diagnose_target(
     nprobe: int | None = None,
 ) -> Diagnosis:
     """``diagnose_model`` for RUN | CHECKPOINT | baseline:NAME, on the same windows ``lvmkit eval`` uses."""
-    from lvmkit.eval.command import baseline_predictor, build_windows, resolve_split, resolve_target
+    from lvmkit.eval.command import (
+        build_windows,
+        resolve_split,
+        resolve_target,
+        target_predictor,
+        window_info,
+    )
     from lvmkit.tasks import get_task
 
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
-    windows, train, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed, with_train=True)
-    predictor = baseline_predictor(t.name, bank.dim, train) if t.kind == "baseline" else t.predictor
-    predictor, space = get_task(cfg.task).search_space(predictor, bank)
+    windows, fit_on, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed, fit=("train", "val"))
+    predictor, space = get_task(cfg.task).search_space(target_predictor(t, bank, fit_on), bank)
+    train = fit_on.get("train")
     d = diagnose_model(
         predictor,
         windows,
@@ -186,7 +192,5 @@ def diagnose_target(
         name=t.name,
         subject=t.describe(),
     )
-    d.stats.update(
-        split=split, split_source=source, task=cfg.task, windows={"ctx": cfg.data.ctx, "seed": cfg.seed}
-    )
+    d.stats.update(split=split, split_source=source, task=cfg.task, windows=window_info(cfg, split))
     return d

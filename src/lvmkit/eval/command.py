@@ -7,7 +7,7 @@
 Steps, each refusing what would make the numbers meaningless:
 
 1. resolve the target: a run directory (its best.pt, else last.pt), a checkpoint file, or ``baseline:NAME``
-   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``oracle``);
+   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``blend``, ``oracle``);
 2. provenance: a model trained on a bank from another encoder or dimension is refused (ProvenanceError
    naming both encoders). A bank with the same encoder but other contents is allowed (generalisation to
    another corpus); its split is then made from the run's (ratios, seed), which keeps every article the run
@@ -16,7 +16,8 @@ Steps, each refusing what would make the numbers meaningless:
    a split made for another bank), else a fresh ``make_split``;
 4. the queries: the run's task decides them (``spec.query_sets``: the LVM's windows, the two-tower's pairs,
    with the run's data settings and the trainer's sample seeds), so ``lvmkit eval RUN`` on the test split
-   scores the same queries as the run's final evaluation;
+   scores the same queries as the run's final evaluation; fitted baselines learn from the task's
+   ``fit_windows`` (LVM: ridge on the train windows, the blend's (w, alpha) chosen on the val windows);
 5. the task's ``evaluate_suite`` (the same call the trainer's final evaluation makes: same baselines, same
    comparison) and ``measure_latency`` on the target;
 6. gates (``lvmkit.eval.gates``) on the target's metrics plus latency (``p50_ms``, ``p95_ms``, ``qps``, ...);
@@ -52,6 +53,8 @@ from lvmkit.eval.evaluator import (
 )
 from lvmkit.eval.gates import GateReport, check_gates, load_gates
 from lvmkit.eval.latency import LatencyResult, measure_latency
+from lvmkit.eval.protocol import DESCRIPTION, OPEN, check_protocol
+from lvmkit.eval.tuning import fit_blend
 from lvmkit.tasks import SEED_OFFSET, get_task
 from lvmkit.tasks.base import config_cap
 from lvmkit.train.config import RunConfig
@@ -160,11 +163,11 @@ def resolve_split(
 
 def baseline_config(bank: VectorBank, ctx: int, max_queries: int | None, seed: int) -> RunConfig:
     """The LVM config a baseline is scored under: ``ctx`` (stride 1, padded), at most ``max_queries`` (or
-    10,000) queries of any split, every train window for ridge."""
+    10,000) test queries, up to 2,000 val windows (the blend is tuned on them), every train window (ridge)."""
     from lvmkit.train.config import config_from_dict
 
     cap = max_queries or DEFAULT_MAX_QUERIES
-    data = {"ctx": int(ctx), "max_train_windows": None, "max_eval_queries": cap, "max_test_queries": cap}
+    data = {"ctx": int(ctx), "max_train_windows": None, "max_eval_queries": 2000, "max_test_queries": cap}
     return config_from_dict({"task": "lvm", "bank": str(bank.path), "seed": seed, "data": data}, "baseline")
 
 
@@ -176,26 +179,23 @@ def build_windows(
     max_queries: int | None,
     ctx: int,
     seed: int,
-    with_train: bool | None = None,
-) -> tuple[WindowSet, WindowSet | None, RunConfig, int | None]:
-    """The query windows (pairs) of split ``name`` and the train windows (ridge; the sampler in diagnostics),
-    from the target's task spec (``query_sets``): the run's own settings, caps and sample seeds, so the
-    queries are the ones the run was scored on (``max_queries`` overrides the cap). A baseline is scored
-    under ``baseline_config``. The train windows are built when ``with_train`` (None: when the task's suite
-    fits on them). Returns (queries, train or None, the config that decided them, the query cap)."""
+    fit: tuple[str, ...] | None = None,
+) -> tuple[WindowSet, dict[str, WindowSet], RunConfig, int | None]:
+    """The query windows (pairs) of split ``name`` and the windows fitted baselines learn from, from the
+    target's task spec (``query_sets``): the run's own settings, caps and sample seeds, so the queries are the
+    ones the run was scored on (``max_queries`` overrides the cap). A baseline is scored under
+    ``baseline_config`` (``max_queries`` or 10,000 queries of any split). ``fit``: the splits to build for
+    fitting (None: the task's ``fit_windows``; a split without windows is left out). Returns (queries,
+    {split: windows}, the config that decided them, the query cap)."""
     cfg = target.config if target.config is not None else baseline_config(bank, ctx, max_queries, seed)
-    sets = get_task(cfg.task).query_sets(cfg, bank, split)
+    spec = get_task(cfg.task)
+    sets = spec.query_sets(cfg, bank, split)
     cap = max_queries
-    if cap is None:  # the run's cap (the train split as queries is capped like test)
+    if target.config is None:
+        cap = max_queries or DEFAULT_MAX_QUERIES
+    elif cap is None:  # the run's cap (the train split as queries is capped like test)
         cap = cfg.data.max_test_queries if name == "train" else config_cap(cfg, name)
-    windows = sets.get(name, cap)
-    train = None
-    if with_train or (with_train is None and get_task(cfg.task).suite_uses_train):
-        try:
-            train = sets.train
-        except ConfigError:  # no train windows: ridge is skipped (with the reason) by the suite
-            train = None
-    return windows, train, cfg, cap
+    return sets.get(name, cap), spec.fit_sets(sets, fit), cfg, cap
 
 
 # ------------------------------------------------------------------------------------------- the outcome
@@ -221,13 +221,14 @@ class EvalOutcome:
         return self.suite[self.target.name]
 
 
-def default_out(target: Target, split: str) -> Path:
-    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT."""
+def default_out(target: Target, split: str, suffix: str = "") -> Path:
+    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT; ``suffix`` (e.g.
+    ``-in-article``, ``-ridge``) keeps other protocols and heads from overwriting the default."""
     if target.kind == "run":
-        return Path(target.spec) / f"eval-{split}"
+        return Path(target.spec) / f"eval-{split}{suffix}"
     if target.kind == "checkpoint":
-        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}"
-    return Path(f"eval-baseline-{target.name}-{split}")
+        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}{suffix}"
+    return Path(f"eval-baseline-{target.name}-{split}{suffix}")
 
 
 def run_eval(
@@ -249,6 +250,8 @@ def run_eval(
     n_boot: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    protocol: str = OPEN,
+    head: str | None = None,
 ) -> EvalOutcome:
     """Evaluate ``target`` (RUN | CHECKPOINT | baseline:NAME) on ``split`` of ``bank``; see the module doc.
 
@@ -256,7 +259,10 @@ def run_eval(
     max_queries  cap on evaluated windows (a seeded sample); None: the run's max_test_queries / 10,000
     latency_n    requests timed at batch size 1 (0: no latency measurement)
     gates        a gates file (YAML / JSON) or an already-parsed spec
+    protocol     "open" (default) or "in-article" (``lvmkit.eval.protocol``); latency is timed under open only
+    head         an alignment head fitted by ``lvmkit align`` (ridge | procrustes), applied to the prediction
     """
+    check_protocol(protocol)
     if split not in SPLIT_NAMES:
         raise ConfigError(f"split {split!r} is not known; allowed: {', '.join(SPLIT_NAMES)}")
     if max_queries is not None and max_queries < 1:
@@ -264,10 +270,15 @@ def run_eval(
     gate_spec = load_gates(gates) if isinstance(gates, str | Path) else gates
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
+    if head is not None:
+        from lvmkit.heads.align import attach_head
+
+        attach_head(t, head, bank)
     sp, split_source = resolve_split(t, bank, split_file, split_ratios, split_seed)
 
-    windows, train, cfg, cap = build_windows(t, bank, sp, split, max_queries, ctx, seed)
+    windows, fit_on, cfg, cap = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     spec = get_task(cfg.task)
+    train, val = fit_on.get("train"), fit_on.get("val")
 
     def stage(name: str):
         return None if progress is None else (lambda done, total: progress(name, done, total))
@@ -279,20 +290,24 @@ def run_eval(
         windows,
         bank,
         train_windows=train,
+        val_windows=val,
         index=index,
         nprobe=nprobe,
         exclude_context=exclude_context,
         n_boot=n_boot,
         seed=cfg.seed,
         progress=stage("evaluating"),
+        protocol=protocol,
     )
     if t.name not in suite:
         raise ConfigError(
             f"baseline {t.name} could not be evaluated: {suite.skipped.get(t.name, 'unknown reason')}"
         )
     latency = None
-    if latency_n > 0:
-        latency = _latency(t, spec, windows, bank, train, latency_n, exclude_context, index, nprobe, progress)
+    if latency_n > 0 and protocol == OPEN:
+        latency = _latency(
+            t, spec, windows, bank, fit_on, latency_n, exclude_context, index, nprobe, progress
+        )
 
     primary = suite[t.name]
     gate_metrics = {k: v for k, v in primary.metrics.items()}
@@ -300,8 +315,11 @@ def run_eval(
         gate_metrics.update({k: v for k, v in latency.to_dict().items() if k.endswith("_ms") or k == "qps"})
     report = check_gates(gate_metrics, gate_spec) if gate_spec is not None else None
 
-    out = Path(out) if out is not None else default_out(t, split)
+    suffix = ("" if protocol == OPEN else f"-{protocol}") + (f"-{head}" if head else "")
+    out = Path(out) if out is not None else default_out(t, split, suffix)
     info = {
+        "protocol": protocol,
+        "head": head,
         "target": t.spec,
         "kind": t.kind,
         "primary": t.name,
@@ -314,7 +332,7 @@ def run_eval(
         "unit": spec.unit,
         "n_queries": len(windows),
         "queries_capped_at": cap,
-        "windows": _window_info(cfg, split),
+        "windows": window_info(cfg, split),
         "bank": str(bank.path),
         "bank_id": bank.manifest.bank_id,
         "encoder": bank.encoder.describe(),
@@ -339,14 +357,26 @@ def run_eval(
     return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info, columns)
 
 
-def baseline_predictor(name: str, dim: int, train: WindowSet | None):
+def target_predictor(t: Target, bank: VectorBank, fit_on: dict[str, WindowSet]):
+    """The predictor of a resolved target: a run's model, or a baseline built the way the suite builds it
+    (ridge fitted on ``fit_on["train"]``, the blend tuned on ``fit_on["val"]``, oracle = the truth)."""
+    if t.kind != "baseline":
+        return t.predictor
+    return baseline_predictor(t.name, bank, fit_on.get("train"), fit_on.get("val"))
+
+
+def baseline_predictor(name: str, bank: VectorBank, train: WindowSet | None, val: WindowSet | None):
     from lvmkit.models import build_model
 
     if name == ORACLE:
         return oracle
     if name == "ridge":
-        return fit_ridge(train, dim)
-    return build_model(name, dim, **BASELINES[name])
+        return fit_ridge(train, bank.dim)
+    if name == "blend":
+        return fit_blend(
+            val if val is not None else train, bank, tuned_on="val" if val is not None else "train"
+        )
+    return build_model(name, bank.dim, **BASELINES[name])
 
 
 def _describe_model(t: Target) -> str:
@@ -359,12 +389,11 @@ def _describe_model(t: Target) -> str:
     return t.name
 
 
-def _latency(t, spec, windows, bank, train, n, exclude_context, index, nprobe, progress) -> LatencyResult:
-    """Forward + search latency of the target (a baseline is built, ridge fitted, as the suite does)."""
+def _latency(t, spec, windows, bank, fit_on, n, exclude_context, index, nprobe, progress) -> LatencyResult:
+    """Forward + search latency of the target (a baseline is built, ridge / blend fitted, as the suite does)."""
     if progress is not None:
         progress("timing", 0, 1)
-    predictor = baseline_predictor(t.name, bank.dim, train) if t.kind == "baseline" else t.predictor
-    predictor, space = spec.search_space(predictor, bank)
+    predictor, space = spec.search_space(target_predictor(t, bank, fit_on), bank)
     lat = measure_latency(
         predictor, windows, space, n=n, exclude_context=exclude_context, index=index, nprobe=nprobe
     )
@@ -373,7 +402,7 @@ def _latency(t, spec, windows, bank, train, n, exclude_context, index, nprobe, p
     return lat
 
 
-def _window_info(cfg: RunConfig, split: str) -> dict[str, Any]:
+def window_info(cfg: RunConfig, split: str) -> dict[str, Any]:
     """The settings that decided the queries (goes into metrics.json)."""
     d = cfg.data
     out = {
@@ -390,7 +419,9 @@ def _window_info(cfg: RunConfig, split: str) -> dict[str, Any]:
 
 def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult | None, gates, columns) -> str:
     lines = [
-        f"# {info['primary']}: {info['split']} split",
+        f"# {info['primary']}: {info['split']} split, protocol {info['protocol']}",
+        "",
+        f"Protocol {DESCRIPTION[info['protocol']]}.",
         "",
         info["described"] if info["kind"] == "baseline" else f"{info['described']}: {info['model']}",
         "",

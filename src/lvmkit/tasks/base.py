@@ -9,6 +9,7 @@ quickstart all get their queries from ``spec.query_sets(cfg, bank, split)``, so 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,7 @@ class TaskSpec:
     config_class: type[RunConfig]
     task_class: str  # "module:Class" of the training task (``lvmkit.train.loop.Task``)
     unit: str = "windows"  # what its queries are called in messages and tables
-    suite_uses_train: bool = True  # evaluate_suite fits something on train windows (the LVM's ridge)
+    fit_windows: tuple[str, ...] = ("train", "val")  # splits evaluate_suite fits baselines on (ridge, blend)
 
     # ---------------------------------------------------------------------------- the trainer
     def build_task(
@@ -133,6 +134,15 @@ class TaskSpec:
     def query_sets(self, cfg: RunConfig, bank: VectorBank, split: Split) -> QuerySets:
         raise NotImplementedError
 
+    def fit_sets(self, sets: QuerySets, names: tuple[str, ...] | None = None) -> dict[str, WindowSet]:
+        """``{split: windows}`` that fitted baselines learn from (``names``, default ``fit_windows``; the run's
+        samples); a split without windows is left out (the suite then skips what needs it, saying why)."""
+        out = {}
+        for name in self.fit_windows if names is None else names:
+            with contextlib.suppress(ConfigError):
+                out[name] = sets.get(name)
+        return out
+
     # ---------------------------------------------------------------------------- evaluation
     def load_predictor(self, ckpt: dict[str, Any], path: Any) -> tuple[str, Any]:
         """A checkpoint's predictor ``(name, predictor)`` in eval mode, for ``evaluate_suite``."""
@@ -149,9 +159,11 @@ class TaskSpec:
         windows: WindowSet,
         bank: VectorBank,
         train_windows: WindowSet | None = None,
+        val_windows: WindowSet | None = None,
         **kwargs: Any,
     ) -> SuiteResult:
-        """The models beside the task's baselines on the same queries, with the paired comparison."""
+        """The models beside the task's baselines on the same queries, with the paired comparison. Baselines
+        that are fitted learn from ``train_windows`` / ``val_windows`` (see ``fit_windows``)."""
         raise NotImplementedError
 
     def table_columns(self, cfg: RunConfig) -> tuple[str, ...]:
@@ -173,18 +185,28 @@ def final_evaluation(
     predictor: Any,
     test: WindowSet,
     bank: VectorBank,
-    train: WindowSet | None,
+    fit_on: dict[str, WindowSet],
     title: str,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The trainer's final evaluation, for every task: ``spec.evaluate_suite`` (the call ``lvmkit eval RUN``
-    makes) of the best checkpoint on the test queries -> RUN/metrics.json and RUN/metrics.md. ``extra`` (the
-    model's description under "model", ...) goes into metrics.json; returns the summary for status.json."""
+    makes) of the best checkpoint on the test queries -> RUN/metrics.json and RUN/metrics.md. ``fit_on``:
+    the windows fitted baselines learn from (``{"train": ..., "val": ...}``, as ``spec.fit_windows`` gives
+    them to ``lvmkit eval``); ``extra`` (the model's description under "model", ...) goes into metrics.json;
+    returns the summary for status.json."""
     from lvmkit.artifacts import write_json, write_text
     from lvmkit.eval.evaluator import format_table
 
     name = cfg.model.name
-    suite = spec.evaluate_suite(cfg, {name: predictor}, test, bank, train_windows=train, seed=cfg.seed)
+    suite = spec.evaluate_suite(
+        cfg,
+        {name: predictor},
+        test,
+        bank,
+        train_windows=fit_on.get("train"),
+        val_windows=fit_on.get("val"),
+        seed=cfg.seed,
+    )
     info = {
         "split": "test",
         "n_queries": len(test),

@@ -56,11 +56,16 @@ class LVMSpec(TaskSpec):
 
         return str(ckpt["model"].get("name", "model")), model_from_checkpoint(ckpt, path)
 
-    def evaluate_suite(self, cfg, models: Mapping[str, Any], windows, bank, train_windows=None, **kwargs):
-        """``lvmkit.eval.evaluate_suite``: every baseline and the oracle, compared on hit@5."""
+    def evaluate_suite(
+        self, cfg, models: Mapping[str, Any], windows, bank, train_windows=None, val_windows=None, **kwargs
+    ):
+        """``lvmkit.eval.evaluate_suite``: every baseline (ridge fitted on train, the blend tuned on val) and the
+        oracle, compared on hit@5."""
         from lvmkit.eval.evaluator import evaluate_suite
 
-        return evaluate_suite(models, windows, bank, train_windows=train_windows, **kwargs)
+        return evaluate_suite(
+            models, windows, bank, train_windows=train_windows, val_windows=val_windows, **kwargs
+        )
 
     def metric_names(self, cfg) -> list[str]:
         from lvmkit.eval.evaluator import CONTAIN_K, MRR_K

@@ -150,8 +150,9 @@ class LVMTask(SamplerEpochs):
         """The model (best checkpoint) beside every baseline on the test windows -> metrics.json/.md."""
         extra = {"model": describe(self.model)}
         name = self.cfg.model.name
+        fit_on = {"train": self.train, "val": self.val}  # ridge is fitted on train, the blend tuned on val
         return final_evaluation(
-            LVM_SPEC, self.cfg, run, self.model, self.test, self.bank, self.train, name, extra
+            LVM_SPEC, self.cfg, run, self.model, self.test, self.bank, fit_on, name, extra
         )
 
     def provenance(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ class TwoTowerSpec(TaskSpec):
     config_class = TwoTowerRunConfig
     task_class = "lvmkit.tasks.twotower.task:TwoTowerTask"
     unit = "pairs"
-    suite_uses_train = False  # the heuristics need no fitting
+    fit_windows = ()  # the heuristics need no fitting
 
     def check(self, cfg, bank) -> None:
         """Metrics, the curriculum against the epochs, both towers build, the query tower is trainable."""
@@ -98,8 +98,11 @@ class TwoTowerSpec(TaskSpec):
             return predictor.query, predictor.docs(bank)
         return predictor, bank
 
-    def evaluate_suite(self, cfg, models: Mapping[str, Any], windows, bank, train_windows=None, **kwargs):
-        """The towers beside exp_weighted, copy_last and mean_ctx, compared on ``twotower.compare_on``."""
+    def evaluate_suite(
+        self, cfg, models: Mapping[str, Any], windows, bank, train_windows=None, val_windows=None, **kwargs
+    ):
+        """The towers beside exp_weighted, copy_last and mean_ctx, compared on ``twotower.compare_on`` (nothing
+        is fitted: ``train_windows`` / ``val_windows`` are not used)."""
         from lvmkit.tasks.twotower.evaluate import evaluate_twotower_suite
 
         return evaluate_twotower_suite(cfg.twotower, models, windows, bank, **kwargs)

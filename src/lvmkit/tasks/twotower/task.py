@@ -258,7 +258,7 @@ class TwoTowerTask(SamplerEpochs):
         model = TwoTowerModel(self.query, self.doc)
         extra = {"model": describe(self.query), "doc_tower": self.tt.doc_tower}
         title = f"{self.cfg.model.name} two-tower"
-        return final_evaluation(TWOTOWER_SPEC, self.cfg, run, model, self.test, self.bank, None, title, extra)
+        return final_evaluation(TWOTOWER_SPEC, self.cfg, run, model, self.test, self.bank, {}, title, extra)
 
     def provenance(self) -> dict[str, Any]:
         return {
