@@ -122,13 +122,16 @@ class TaskSpec:
         self.check_metrics(cfg)
 
     def check_metrics(self, cfg: RunConfig) -> None:
-        """early_stopping.metric and the gates' metrics must be ones the task records."""
-        known = ["train_loss", *(f"val_{m}" for m in self.metric_names(cfg))]
-        if cfg.early_stopping.metric not in known and not cfg.early_stopping.metric.startswith("train_"):
-            raise ConfigError(
-                f"early_stopping.metric={cfg.early_stopping.metric!r} is not measured by {self.name} runs; "
-                f"choose one of: {', '.join(known[:12])}"
-            )
+        """early_stopping.metric and every gate's metric, when a validation metric (``val_...``), must be one
+        the task records (the other history keys, ``train_<part>``, ``lr``, ..., are not checked here)."""
+        known = [f"val_{m}" for m in self.metric_names(cfg)]
+        named = [("early_stopping.metric", cfg.early_stopping.metric)]
+        named += [(f"gates.{i}.metric", g.metric) for i, g in enumerate(cfg.gates)]
+        for where, metric in named:
+            if metric.startswith("val_") and metric not in known:
+                raise ConfigError(
+                    f"{where}={metric!r} is not measured by {self.name} runs; available: {', '.join(known)}"
+                )
 
     # ---------------------------------------------------------------------------- the data
     def query_sets(self, cfg: RunConfig, bank: VectorBank, split: Split) -> QuerySets:

@@ -36,7 +36,7 @@ from lvmkit.tasks.lvm.config import LVMRunConfig
 from lvmkit.tasks.lvm.spec import LVM_SPEC
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp
-from lvmkit.train.runs import RunPaths
+from lvmkit.train.runs import RunPaths, log
 
 
 class LVMStep(nn.Module):
@@ -103,8 +103,6 @@ class LVMTask(SamplerEpochs):
         loss_fn = build_loss(cfg.loss, dim=bank.dim)
         task = cls(cfg, bank, split, train, val, test, model, loss_fn, dist)
         if dist.is_main:
-            from lvmkit.train.loop import log
-
             counts = f"windows train {len(train)}, val {len(val)}, test {len(test)}"
             log(
                 run,
@@ -154,6 +152,10 @@ class LVMTask(SamplerEpochs):
         return final_evaluation(
             LVM_SPEC, self.cfg, run, self.model, self.test, self.bank, fit_on, name, extra
         )
+
+    def should_stop(self, epoch: int, metrics: dict[str, Any]) -> str | None:
+        """No stop rule of its own (gates and early stopping are the loop's)."""
+        return None
 
     def provenance(self) -> dict[str, Any]:
         return {"model": dict(self.model.spec), "bank": bank_stamp(self.bank)}

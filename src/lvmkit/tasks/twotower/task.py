@@ -58,10 +58,10 @@ from lvmkit.tasks.twotower.loss import PairBatch, twotower_logits, twotower_loss
 from lvmkit.tasks.twotower.mining import mine_epoch
 from lvmkit.tasks.twotower.spec import TWOTOWER_SPEC
 from lvmkit.train import distributed as D
-from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
+from lvmkit.train.checkpoint import bank_stamp, checkpoint_state, save_checkpoint
 from lvmkit.train.gradcache import cached_forward, split_batch
 from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, parse_schedule
-from lvmkit.train.runs import RunPaths
+from lvmkit.train.runs import RunPaths, log
 
 ABORT_FILE = "abort.pt"
 MINING_LOG = "mining.jsonl"
@@ -119,8 +119,6 @@ class TwoTowerTask(SamplerEpochs):
         doc = build_doc_tower(tt.doc_tower, bank.dim, **tt.doc_options())
         task = cls(cfg, tt, bank, split, train, pair_ids, val, test, query, doc, dist, run)
         if dist.is_main:
-            from lvmkit.train.loop import log
-
             log(run, f"two-tower on bank {bank.path} ({len(bank)} chunks, {bank.manifest.bank_id}); pairs train "
                      f"{len(train)}, val {len(val)}, test {len(test)} (ctx {d.ctx}); query tower {describe(query)}; "
                      f"document tower {tt.doc_tower}")  # fmt: skip
@@ -239,16 +237,10 @@ class TwoTowerTask(SamplerEpochs):
         if self.run is not None:
             from lvmkit.train.triage import write_abort_triage
 
-            save_checkpoint(
-                self.run.root / ABORT_FILE,
-                {
-                    "modules": {n: m.state_dict() for n, m in self.modules().items()},
-                    **self.provenance(),
-                    "progress": {"epoch": int(epoch), "aborted": True},
-                    "config": self.cfg.model_dump(mode="json"),
-                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                },
-            )
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            progress = {"epoch": int(epoch), "aborted": True}
+            state = checkpoint_state(self.modules(), self, self.cfg, progress, metrics=numbers)
+            save_checkpoint(self.run.root / ABORT_FILE, state)
             write_abort_triage(self.run.root, self.cfg, epoch, reason, self.evals, rule.metric)
         return reason
 
