@@ -129,6 +129,11 @@ def eval_command(
         f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} {info['unit']} of "
         f"{escape(info['bank'])} ({escape(info['encoder'])}); protocol [bold]{info['protocol']}[/bold]"
     )
+    if outcome.target.live:
+        err_console.print(
+            f"[yellow]{escape(str(outcome.target.spec))} is {escape(outcome.target.live)}: these are the numbers "
+            f"of its {outcome.target.checkpoint.name} now, and they will change[/yellow]"
+        )
     console.print(results_table(outcome.suite, outcome.target.name, outcome.columns))
     print_comparisons(outcome.suite)
     for name, why in outcome.suite.skipped.items():

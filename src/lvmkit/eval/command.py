@@ -78,12 +78,14 @@ class Target:
     trained_on: dict[str, Any] = field(default_factory=dict)  # {"bank_id", "encoder"} from the checkpoint
     split_file: Path | None = None  # the run's split.json
     epoch: int | None = None  # the epoch the checkpoint's weights are from
+    live: str | None = None  # "still training (...)" while a process trains the run: its checkpoints change
 
     def describe(self) -> str:
         if self.kind == "baseline":
             return f"baseline {self.name}"
         what = f"{self.kind} {self.spec}"
-        return what + (f" ({self.checkpoint.name}, epoch {self.epoch})" if self.checkpoint else "")
+        what += f" ({self.checkpoint.name}, epoch {self.epoch})" if self.checkpoint else ""
+        return what + (f" [{self.live}: these numbers are of its checkpoint now]" if self.live else "")
 
 
 def resolve_target(spec: str, bank: VectorBank) -> Target:
@@ -95,8 +97,17 @@ def resolve_target(spec: str, bank: VectorBank) -> Target:
             raise ConfigError(f"unknown baseline {name!r} in {spec!r}; allowed: {', '.join(allowed)}")
         return Target("baseline", name, spec)
     path = Path(spec)
+    live = None
     if path.is_dir():
+        from lvmkit.train.runs import RunPaths, still_training
+
+        live = still_training(RunPaths(path))
         ckpt_path = next((p for p in (path / "best.pt", path / "last.pt") if p.is_file()), None)
+        if ckpt_path is None and live:
+            raise ArtifactError(
+                f"{path} is {live} and has no checkpoint yet: evaluate it once it has finished an epoch "
+                f"(follow it with `lvmkit runs status {path}`)"
+            )
         if ckpt_path is None:
             raise ArtifactError(
                 f"{path} is a directory without best.pt or last.pt: not a run made by `lvmkit train` (or it has "
@@ -136,6 +147,7 @@ def resolve_target(spec: str, bank: VectorBank) -> Target:
         dict(stamp),
         split_file if split_file.is_file() else None,
         int(ckpt["progress"].get("epoch", 1)) - 1 if ckpt["progress"].get("batch", 0) == 0 else None,
+        live,
     )
 
 
@@ -324,6 +336,7 @@ def run_eval(
         "kind": t.kind,
         "primary": t.name,
         "described": t.describe(),
+        "still_training": t.live,
         "model": _describe_model(t),
         "split": split,
         "split_source": split_source,

@@ -118,8 +118,14 @@ class TaskSpec:
         return cls.from_config(cfg, run=run, dist=dist, rng=rng, resume=resume)
 
     def check(self, cfg: RunConfig, bank: VectorBank) -> None:
-        """Refuse (ConfigError) what would fail later in the run: called before the run directory is made."""
+        """Refuse (ConfigError) what would fail later in the run: called before the run directory is made.
+        Here: metric names, and windows (pairs) in every split of the split the config makes."""
+        from lvmkit.data.splits import SPLIT_NAMES, make_split
+
         self.check_metrics(cfg)
+        sets = self.query_sets(cfg, bank, make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed))
+        for name in SPLIT_NAMES:
+            sets.full(name)
 
     def check_metrics(self, cfg: RunConfig) -> None:
         """early_stopping.metric and every gate's metric, when a validation metric (``val_...``), must be one

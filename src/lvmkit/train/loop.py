@@ -50,6 +50,7 @@ from lvmkit.train.runs import (
     RESUMABLE_CHANGES,
     RunPaths,
     claim_run_dir,
+    load_last,
     log,
     now,
     prepare_run_dir,
@@ -236,13 +237,7 @@ def restore(t: Trainer, resume: bool) -> None:
     last.pt was written and then lost)."""
     run = t.run
     if resume and run.last.exists():
-        try:
-            ckpt = load_checkpoint(run.last, map_location=t.dist.device)
-        except ArtifactError as e:
-            raise ArtifactError(
-                f"--resume: {e}. Restore {run.last} from a copy, or start the run over with "
-                f"`lvmkit train CONFIG --out {run.root} --overwrite`"
-            ) from None
+        ckpt = load_last(run, map_location=t.dist.device)
         for name, module in t.modules.items():
             module.load_state_dict(ckpt["modules"][name])
         t.opt.load_state_dict(ckpt["optimizer"])

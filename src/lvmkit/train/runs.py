@@ -146,18 +146,42 @@ def _check_resumable(run: RunPaths, cfg):
             f"Read {run.triage} and start a new run with the suggested change."
         )
     if state in ("finished", "early_stopped") and (not cfg.final_eval or run.metrics_json.exists()):
-        from lvmkit.train.checkpoint import load_checkpoint
-
-        last = load_checkpoint(run.last) if run.last.exists() else None
+        last = load_last(run) if run.last.exists() else None
         if last is None or last["progress"]["epoch"] > cfg.optim.epochs or last["progress"]["stop"]:
             raise ConfigError(f"--resume: {run.root} has already {state.replace('_', ' ')}; nothing to do")
     return saved
+
+
+def load_last(run: RunPaths, map_location: Any = "cpu") -> dict[str, Any]:
+    """The run's last.pt for --resume; a damaged one is named with the two ways out."""
+    from lvmkit.train.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(run.last, map_location=map_location)
+    except ArtifactError as e:
+        raise ArtifactError(
+            f"--resume: {e}. Restore {run.last} from a copy, or start the run over with "
+            f"`lvmkit train CONFIG --out {run.root} --overwrite`"
+        ) from None
 
 
 def _save_config(cfg, path: Path) -> None:
     from lvmkit.train.config import save_config
 
     save_config(cfg, path)
+
+
+def still_training(run: RunPaths) -> str | None:
+    """ "still training (epoch E of N, HOLDER)" while a live process trains the run (its lock is held and
+    status.json says running), else None."""
+    h, state = locking.holder(run.root)
+    if state != "held" or not run.status.exists():
+        return None
+    status = read_json(run.status)
+    if status.get("state") != "running":
+        return None
+    where = f"epoch {status.get('epoch', '?')} of {status.get('epochs', '?')}"
+    return f"still training ({where}, {h.describe()})" if h else f"still training ({where})"
 
 
 def holds_run(run: RunPaths) -> bool:
