@@ -396,12 +396,51 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_bank, tmp_path):
             torch.testing.assert_close(b["modules"][name][k], v, atol=0, rtol=0)
     assert "restored from the checkpoint" in (tmp_path / "crashed/train.log").read_text()
 
-    # the shared tools read two-tower runs too: `lvmkit eval` and `lvmkit diagnose model` score the query tower
-    res = invoke("eval", tmp_path / "straight", "--bank", bank.path, "--latency-n", 0, "--max-queries", 20)
+    # the shared tools read two-tower runs too: `lvmkit eval` and `lvmkit diagnose model` score the query tower;
+    # their numbers are checked against a brute-force numpy search with the tower loaded by hand
+    run = tmp_path / "straight"
+    res = invoke("eval", run, "--bank", bank.path, "--latency-n", 0, "--max-queries", 20)
     assert res.exit_code == 0, res.output
-    assert "bigru_pool" in (tmp_path / "straight/eval-test/metrics.md").read_text()
-    res = invoke("diagnose", "model", tmp_path / "straight", "--bank", bank.path, "--max-queries", 20)
-    assert res.exit_code in (0, 1) and "separation" in res.output.lower(), res.output
+    got = json.loads((run / "eval-test/metrics.json").read_text())["results"]["bigru_pool"]["metrics"]
+    test_q, test_t, test_last = brute_queries(run, bank, "test")
+    assert json.loads((run / "eval-test/metrics.json").read_text())["n_queries"] == len(test_t) < 20
+    V = np.asarray(bank.vectors, dtype=np.float64)
+    ranks = []
+    for q, t in zip(test_q, test_t, strict=True):
+        scores = V @ q
+        scores[t - CTX : t] = -np.inf  # the window's own context
+        ranks.append(int((scores > scores[t]).sum()))
+    for k in (1, 5, 10):
+        assert got[f"recall@{k}"] == pytest.approx(np.mean(np.array(ranks) < k), abs=1e-12), k
+    res = invoke("diagnose", "model", run, "--max-queries", 20)  # the run's bank by default
+    diag = {f["name"]: f for f in json.loads((run / "diagnose/diagnosis.json").read_text())["findings"]}
+    q, t, last = brute_queries(run, bank, "val")
+    sims = q @ V.T
+    sep = [s[r] - np.sort(np.delete(s, r))[-16:].mean() for s, r in zip(sims, t, strict=True)]
+    assert diag["separation_margin"]["value"] == pytest.approx(np.mean(sep), abs=1e-5)
+    collapse = np.mean(np.sum(q * V[t], 1)) - np.mean(np.sum(q * V[last], 1))
+    assert diag["collapse_margin"]["value"] == pytest.approx(collapse, abs=1e-5)
+    fails = collapse < 0 or diag["same_article_negatives"]["status"] == "fail"
+    fails |= diag["prediction_variance"]["value"] < 0.01
+    assert res.exit_code == (1 if fails else 0), res.output
+
+
+def brute_queries(run, bank, split: str):
+    """Query-tower outputs (float64, unit) for every pair of ``split`` in the planted bank, found without the
+    task spec: each main article of CTX + 1 chunks in that split gives one pair (target = its last chunk);
+    returns (queries, target rows, last context rows)."""
+    from lvmkit.data import Split
+
+    sp = Split.load(run / "split.json", bank)
+    lengths = np.diff(bank.article_starts)[bank.article_codes]
+    t = np.array([r for r in sp.rows(split) if bank.chunk_index[r] == CTX and lengths[r] == CTX + 1])
+    ckpt = load_checkpoint(run / "best.pt")
+    tower = build_model(**ckpt["model"])
+    tower.load_state_dict(ckpt["modules"]["model"])
+    ctx = torch.from_numpy(np.stack([np.asarray(bank.vectors[r - CTX : r]) for r in t]))
+    with torch.no_grad():
+        q = tower.eval()(ctx, torch.ones(len(t), CTX, dtype=torch.bool)).double().numpy()
+    return q, t, t - 1
 
 
 def test_loss_section_and_unknown_early_stopping_metric_are_refused(make_bank, tmp_path):
