@@ -15,6 +15,8 @@ A directory is read file by file in sorted order of the files' paths relative to
 skipped), and each file front to back, so the order never depends on the file system. Only one file's
 worth of parsing state is in memory at a time (a JSON *document* is loaded whole; JSON Lines stream).
 Problems with the input are counted in ``ReadStats`` (see ``readers/stats.py``), never dropped silently.
+A file that is not text (NUL or control bytes; Parquet excepted) is skipped whole and counted as
+``binary_file``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from lvmkit.corpus.readers import embedded, parquet, records, textdir, wikiextractor, wikitext
 from lvmkit.corpus.readers.embedded import embedded_corpus_path
-from lvmkit.corpus.readers.io import base_suffix, first_nonempty_line
+from lvmkit.corpus.readers.io import base_suffix, binary_reason, first_nonempty_line
 from lvmkit.corpus.readers.stats import Issue, ReadStats
 from lvmkit.corpus.types import Article
 from lvmkit.errors import ConfigError, CorpusError
@@ -178,6 +180,9 @@ def _stream(
     yielded = 0
     for f in files:
         stats.files += 1
+        if fmt != "parquet" and (why := binary_reason(f)):
+            stats.add("binary_file", str(f), None, why)
+            continue
         if fmt == "textdir":
             found = textdir.read_file(f, stats, article_id=f.relative_to(root).as_posix())
         else:
