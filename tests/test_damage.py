@@ -278,3 +278,28 @@ def test_damaged_or_missing_index(real_bank, tmp_path):
     assert user_error(invoke("search", real_bank.path, "a query")) == (
         f"error: {index} is missing, but the bank's manifest records an index of type ivf; {fix}"
     )
+
+
+# ----------------------------------------------------------------------------------- messages: CLI flags
+def test_messages_name_the_cli_flags(make_bank, tmp_path):
+    """What a user typed is what the message names: --format, --limit-articles, --index, --max-queries."""
+    from lvmkit.corpus import detect_format
+    from lvmkit.eval.command import run_eval
+
+    odd = tmp_path / "notes.xyz"
+    odd.write_text("plain words\n")
+    with pytest.raises(LvmkitError) as e:
+        detect_format(odd)
+    assert str(e.value).startswith(f"cannot tell the corpus format of {odd}; pass --format with one of ")
+    with pytest.raises(ConfigError) as e:
+        read_corpus(odd, format="textdir", limit_articles=-1)
+    assert str(e.value) == "--limit-articles must be a non-negative integer, got -1"
+    bank = make_bank(tmp_path, articles=[12] * 30)
+    with pytest.raises(ConfigError) as e:
+        run_eval("baseline:copy_last", bank, max_queries=0)
+    assert str(e.value) == "--max-queries must be >= 1, got 0"
+    res = invoke("eval", "baseline:copy_last", "--bank", bank.path, "--index", "ivf", "--out", tmp_path / "e")
+    assert user_error(res) == (
+        f"error: --index ivf was asked for but bank {bank.path} has a flat index; build one with `lvmkit index "
+        f"build {bank.path} --type ivf` or use --index flat for exact search"
+    )

@@ -105,7 +105,7 @@ def detect_format(path: str | os.PathLike) -> str:
         found = max(votes, key=lambda f: (votes[f], -FORMATS.index(f))) if votes else None
     if found is None:
         raise CorpusError(
-            f"cannot tell the corpus format of {p}; pass format= one of {', '.join(FORMATS)} "
+            f"cannot tell the corpus format of {p}; pass --format with one of {', '.join(FORMATS)} "
             "(auto-detection knows .parquet, .jsonl/.json, .txt, WikiExtractor '<doc' files and "
             "WikiText ' = Title = ' files)"
         )
@@ -164,7 +164,7 @@ def read_corpus(
     unknown format or an undetectable one raise at once, before the first article is read.
     """
     if limit_articles is not None and (isinstance(limit_articles, bool) or limit_articles < 0):
-        raise ConfigError(f"limit_articles must be a non-negative integer or None, got {limit_articles!r}")
+        raise ConfigError(f"--limit-articles must be a non-negative integer, got {limit_articles!r}")
     fmt = _check_format(format)
     if fmt == "auto":
         fmt = detect_format(path)
