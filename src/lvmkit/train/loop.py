@@ -44,8 +44,8 @@ from lvmkit.train.triage import gate_rules, write_gate_triage, write_nan_triage
 # Tasks by config name ("module:Class"); each class has ``from_config(cfg, run, dist, rng, resume)``.
 # The two-tower task registers itself here with one line.
 TASKS: dict[str, str] = {
-    "lvm": "lvmkit.train.lvm_task:LVMTask",
-    "twotower": "lvmkit.train.twotower_task:TwoTowerTask",
+    "lvm": "lvmkit.tasks.lvm:LVMTask",
+    "twotower": "lvmkit.tasks.twotower.task:TwoTowerTask",
 }
 
 # Fields that may change between a run and its resume: they do not alter the trajectory already trained.
