@@ -34,7 +34,7 @@ from lvmkit.lanes.schema import LaneSchema, load_schema, parse_schema
 FORMAT_VERSION = 1
 META = "classifier.json"
 WEIGHTS = "weights.npz"
-DEFAULT_CS = (1.0, 10.0, 100.0)
+DEFAULT_CS = (0.3, 1.0, 3.0)
 Progress = Callable[[str], None]
 
 

@@ -33,6 +33,7 @@ from lvmkit.errors import ArtifactError, ConfigError
 from lvmkit.eval.evaluator import evaluate, evaluate_suite, format_table
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
+from lvmkit.models.experts import balance_term
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp
 from lvmkit.train.config import RunConfig
@@ -91,6 +92,13 @@ class LVMStep(nn.Module):
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
         pred = self.model(ctx, mask)
+        total, parts = self._loss(pred, target, article)
+        balance = balance_term(self.model)  # lane experts' load-balance term (lvmkit.models.experts)
+        if balance is not None:
+            total, parts = total + balance, {**parts, "balance": balance.detach()}
+        return total, parts
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
         if self.takes_negatives:
             gathered = D.gather_negatives(target, article)  # None unless running under DDP
             if gathered is not None:
