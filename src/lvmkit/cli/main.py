@@ -9,6 +9,7 @@ them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
 
 from __future__ import annotations
 
+from lvmkit.cli import align as align_cli
 from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
@@ -17,6 +18,7 @@ from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
+from lvmkit.cli import serve as serve_cli
 from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
 
@@ -38,6 +40,8 @@ app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
 app.add_typer(lanes_cli.lanes_app, name="lanes")
+app.command("align")(align_cli.align)
+app.command("serve")(serve_cli.serve)
 # ------------------------------------------------------------------------------------------------------
 
 

@@ -141,7 +141,7 @@ def lane_hit_rows(
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
     windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     result = evaluate(
-        target_predictor(t, train, bank),
+        target_predictor(t, bank, sp, wkw, train, seed),
         windows,
         bank,
         n_boot=0,

@@ -153,20 +153,15 @@ def diagnose_model(
     return d
 
 
-def target_predictor(t, train, bank: VectorBank):
-    """The predictor of a resolved target (``eval.command.Target``): a run's model, or a baseline built here
-    (ridge fitted on ``train`` windows, oracle = the truth)."""
-    from lvmkit.eval.evaluator import BASELINES, fit_ridge, oracle
-
+def target_predictor(t, bank: VectorBank, sp, wkw: dict, train, seed: int):
+    """The predictor of a resolved target (``eval.command.Target``): a run's model, or a baseline built the
+    way ``lvmkit eval`` builds it (ridge fitted on ``train`` windows, blend tuned on val, oracle = the truth)."""
     if t.kind != "baseline":
         return t.predictor
-    if t.name == "oracle":
-        return oracle
-    if t.name == "ridge":
-        return fit_ridge(train, bank.dim)
-    from lvmkit.models import build_model
+    from lvmkit.eval.command import _baseline_predictor, val_windows
 
-    return build_model(t.name, bank.dim, **BASELINES[t.name])
+    base_seed = t.config.seed if t.config is not None else seed
+    return _baseline_predictor(t.name, bank, train, val_windows(t, bank, sp, wkw, base_seed))
 
 
 def diagnose_target(
@@ -187,7 +182,7 @@ def diagnose_target(
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
     windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
-    predictor = target_predictor(t, train, bank)
+    predictor = target_predictor(t, bank, sp, wkw, train, seed)
     dc = t.config.data if t.config is not None else None
     d = diagnose_model(
         predictor,
