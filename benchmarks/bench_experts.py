@@ -1,6 +1,6 @@
 """Lane experts vs the same backbone without experts, on the val split of a bank.
 
-    python benchmarks/bench_experts.py --bank /work/qs/bank --backbone amn --ctx 5 --epochs 3
+    python benchmarks/bench_experts.py --bank quickstart_out/bank --backbone amn --ctx 5 --epochs 3
 
 Both runs use the backbone's configs/<backbone>.yaml with the same overrides (delta mode, cos + InfoNCE with a
 4,096-target queue, ``--epochs``, ``--ctx``, ``--min-ctx`` left padding, seed 0); the expert run adds
@@ -41,7 +41,7 @@ LOSS = "loss={cos: 1.0, infonce: 1.0, tau: 0.05, queue: 4096}"
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bank", default="/work/qs/bank")
+    p.add_argument("--bank", default="quickstart_out/bank")
     p.add_argument("--backbone", default="amn")
     p.add_argument("--ctx", type=int, default=5)
     p.add_argument("--min-ctx", type=int, default=1)

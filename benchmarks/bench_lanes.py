@@ -1,7 +1,7 @@
 """Domain lanes on a real bank: the lane classifier's held-out accuracy and confusion, lane skew, per-lane
 Hit@5 with weak-lane flags, and the lane rerank with its weight chosen on val.
 
-    python benchmarks/bench_lanes.py --labelled /work/qs/bank --bank /work/qs/bank --run /work/qs/runs/amn
+    python benchmarks/bench_lanes.py --labelled quickstart_out/bank --bank quickstart_out/bank --run quickstart_out/runs/amn
 
 1. fit (or ``--reuse``) a lane classifier on ``--labelled`` (its ``label`` column, default 16-lane schema,
    article-disjoint split, C chosen on val, accuracy and confusion on the held-out test articles);
@@ -58,9 +58,9 @@ DEPTH = 50
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--labelled", default="/work/qs/bank", help="bank whose `label` column trains the classifier"
+        "--labelled", default="quickstart_out/bank", help="bank whose `label` column trains the classifier"
     )
-    p.add_argument("--bank", default="/work/qs/bank", help="bank to assign lanes to and evaluate on")
+    p.add_argument("--bank", default="quickstart_out/bank", help="bank to assign lanes to and evaluate on")
     p.add_argument(
         "--run", default=None, help="a run directory whose model is evaluated beside the baselines"
     )
