@@ -1,9 +1,9 @@
 """Lane experts vs the same backbone without experts, on the val split of a bank.
 
-    python benchmarks/bench_experts.py --bank quickstart_out/bank --backbone amn --ctx 5 --epochs 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_experts.py --bank quickstart_out/bank --epochs 2 --max-train-windows 6000
 
 Both runs use the backbone's configs/<backbone>.yaml with the same overrides (delta mode, cos + InfoNCE with a
-4,096-target queue, ``--epochs``, ``--ctx``, ``--min-ctx`` left padding, seed 0); the expert run adds
+4,096-target queue, ``--epochs``, ``--max-train-windows``, ``--ctx``, ``--min-ctx`` left padding, seed 0); the expert run adds
 ``model.kwargs.experts=16, top_k=2`` (balance_weight 0.01). Each run's best checkpoint (by val Hit@5) and
 copy_last are evaluated on the same val windows (full-bank exact search, context excluded), with a paired
 bootstrap CI of experts minus no-experts. Val only: this is a model-choice experiment, the test split is not
@@ -49,6 +49,7 @@ def parse_args():
     p.add_argument("--experts", type=int, default=16)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--max-eval-queries", type=int, default=2000)
+    p.add_argument("--max-train-windows", type=int, default=None, help="a seeded sample of the train windows")
     p.add_argument("--runs", default="/tmp/experts-bench")
     return p.parse_args()
 
@@ -64,6 +65,8 @@ def train_run(args, out: Path, experts: bool) -> tuple[Path, float]:
         "model.delta=true",
         LOSS,
     ]
+    if args.max_train_windows:
+        overrides.append(f"data.max_train_windows={args.max_train_windows}")
     if experts:
         overrides += [f"model.kwargs.experts={args.experts}", f"model.kwargs.top_k={args.top_k}"]
     cfg = load_config(ROOT / "configs" / f"{args.backbone}.yaml", overrides)
@@ -114,6 +117,7 @@ def main() -> int:
         "ctx": args.ctx,
         "min_ctx": args.min_ctx,
         "epochs": args.epochs,
+        "max_train_windows": args.max_train_windows,
         "loss": LOSS,
         "train_seconds": {names[0]: t_plain, names[1]: t_moe},
         "models": {n: describe(m) for n, m in models.items()},

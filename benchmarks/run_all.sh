@@ -45,5 +45,5 @@ if step lanes; then   # lane classifier on the quickstart bank's topics; skew, p
   $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
 fi
 if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
-  $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 3
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
 fi
