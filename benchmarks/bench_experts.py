@@ -9,7 +9,7 @@ copy_last are evaluated on the same val windows (full-bank exact search, context
 bootstrap CI of experts minus no-experts. Val only: this is a model-choice experiment, the test split is not
 read. Also reported: how the gate spreads the val windows over the experts (share of routing slots).
 
-Writes benchmarks/results/experts.json and .md.
+Writes ``--out`` (benchmarks/results/experts.json) and the .md beside it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def parse_args():
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--max-eval-queries", type=int, default=2000)
     p.add_argument("--max-train-windows", type=int, default=None, help="a seeded sample of the train windows")
+    p.add_argument("--warmup", type=int, default=None, help="optim.warmup_steps (default: the config's)")
     p.add_argument("--runs", default="/tmp/experts-bench")
+    p.add_argument("--out", default="benchmarks/results/experts.json")
     return p.parse_args()
 
 
@@ -65,6 +67,8 @@ def train_run(args, out: Path, experts: bool) -> tuple[Path, float]:
         "model.delta=true",
         LOSS,
     ]
+    if args.warmup is not None:
+        overrides.append(f"optim.warmup_steps={args.warmup}")
     if args.max_train_windows:
         overrides.append(f"data.max_train_windows={args.max_train_windows}")
     if experts:
@@ -118,6 +122,7 @@ def main() -> int:
         "min_ctx": args.min_ctx,
         "epochs": args.epochs,
         "max_train_windows": args.max_train_windows,
+        "warmup_steps": args.warmup,
         "loss": LOSS,
         "train_seconds": {names[0]: t_plain, names[1]: t_moe},
         "models": {n: describe(m) for n, m in models.items()},
@@ -129,7 +134,7 @@ def main() -> int:
         "experts_minus_plain_hit@5": list(diff),
         "gate_usage": gate_usage(models[names[1]], val),
     }
-    path = ROOT / "benchmarks/results/experts.json"
+    path = ROOT / args.out
     path.write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "| system (val) | Hit@1 | Hit@5 (95% CI) | Hit@10 | MRR@10 | cos |",

@@ -46,4 +46,6 @@ if step lanes; then   # lane classifier on the quickstart bank's topics; skew, p
 fi
 if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
   OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 4 --warmup 20 \
+      --runs /tmp/experts-bench-long --out benchmarks/results/experts_long.json
 fi
