@@ -99,3 +99,53 @@ def train_tiny_run(bank, out: Path, epochs: int = 2, *extra: str) -> Path:
 
     train(load_config(None, [*tiny_overrides(bank.path, epochs), *extra]), out)
     return out
+
+
+class Server:
+    """``lvmkit serve`` in a child process on 127.0.0.1 and a free port (``--port 0``; the address is read from
+    its output). Use as a context manager; ``kill()`` sends SIGKILL."""
+
+    def __init__(
+        self, *args: str, cwd: Path, log: Path | None = None, env: dict | None = None, timeout: float = 180.0
+    ):
+        import os
+        import re
+        import subprocess
+        import sys
+        import time
+
+        self.log = Path(log) if log is not None else Path(cwd) / "serve.log"
+        cmd = [sys.executable, "-m", "lvmkit.cli.main", "serve", *args, "--port", "0"]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=open(self.log, "wb"),  # noqa: SIM115 (the child owns it)
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", self.log.read_text(errors="replace"))
+            if m:
+                self.url = m.group(1)
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError(f"lvmkit serve did not start: {self.log.read_text(errors='replace')}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.kill()
