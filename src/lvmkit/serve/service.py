@@ -97,7 +97,13 @@ class Service:
         check_same_space(vb.encoder, enc.info, f"bank {vb.path}", "the query encoder")
         svc = cls(vb, enc, SingleRun(predictor), runs_dir, limits)
         svc.index.set_nprobe(nprobe)
+        svc.warm_up()
         return svc
+
+    def warm_up(self) -> None:
+        """One request's worth of work before the first request (lazy model and index set-up is slow)."""
+        if len(self.bank):
+            self.next(NextRequest(context=self.bank.texts([0]), k=1))
 
     # -------------------------------------------------------------------------------------------- reads
     def health(self) -> Health:
