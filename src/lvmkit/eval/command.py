@@ -7,7 +7,7 @@
 Steps, each refusing what would make the numbers meaningless:
 
 1. resolve the target: a run directory (its best.pt, else last.pt), a checkpoint file, or ``baseline:NAME``
-   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``oracle``);
+   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``blend``, ``oracle``);
 2. provenance: a model trained on a bank from another encoder or dimension is refused (ProvenanceError
    naming both encoders). A bank with the same encoder but other contents is allowed (generalisation to
    another corpus); its split is then made from the run's (ratios, seed), which keeps every article the run
@@ -15,7 +15,8 @@ Steps, each refusing what would make the numbers meaningless:
 3. the split: ``--split-file``, else the run's split.json when the bank is the run's bank (Split.load refuses
    a split made for another bank), else a fresh ``make_split``;
 4. windows: the run's data settings (ctx, stride, min_ctx, pad) and its deterministic query sample, so
-   ``lvmkit eval RUN`` on the test split scores the same windows as the run's final evaluation;
+   ``lvmkit eval RUN`` on the test split scores the same windows as the run's final evaluation; ridge is
+   fitted on the train windows and the blend's (w, alpha) chosen on the val windows (``val_windows``);
 5. ``evaluate_suite`` (full-bank search, intervals, paired comparison with the best baseline) and
    ``measure_latency`` on the target;
 6. gates (``lvmkit.eval.gates``) on the target's metrics plus latency (``p50_ms``, ``p95_ms``, ``qps``, ...);
@@ -51,6 +52,8 @@ from lvmkit.eval.evaluator import (
 )
 from lvmkit.eval.gates import GateReport, check_gates, load_gates
 from lvmkit.eval.latency import LatencyResult, measure_latency
+from lvmkit.eval.protocol import DESCRIPTION, OPEN, check_protocol
+from lvmkit.eval.tuning import fit_blend
 
 BASELINE_PREFIX = "baseline:"
 DEFAULT_MAX_QUERIES = 10_000
@@ -93,7 +96,7 @@ def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Modu
 
 def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
     """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
-    from lvmkit.train.twotower_task import load_query_tower
+    from lvmkit.tasks.twotower.task import load_query_tower
 
     return load_query_tower(ckpt, path)
 
@@ -218,6 +221,16 @@ def build_windows(
     return windows, (train if len(train) else None), wkw, cap, query_seed
 
 
+def val_windows(
+    target: Target, bank: VectorBank, split: Split, wkw: dict[str, Any], base_seed: int
+) -> WindowSet | None:
+    """The val windows the blend baseline is tuned on: the run's val sample (``max_eval_queries``, the
+    trainer's seed) for a run, else up to 2,000 with the same window settings as the queries."""
+    cap = target.config.data.max_eval_queries if target.config is not None else 2000
+    ws = make_windows(bank, split, "val", **wkw).sample(cap, base_seed + SPLIT_SEED_OFFSET["val"])
+    return ws if len(ws) else None
+
+
 # ------------------------------------------------------------------------------------------- the outcome
 @dataclass
 class EvalOutcome:
@@ -240,13 +253,14 @@ class EvalOutcome:
         return self.suite[self.target.name]
 
 
-def default_out(target: Target, split: str) -> Path:
-    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT."""
+def default_out(target: Target, split: str, suffix: str = "") -> Path:
+    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT; ``suffix`` (e.g.
+    ``-in-article``, ``-ridge``) keeps other protocols and heads from overwriting the default."""
     if target.kind == "run":
-        return Path(target.spec) / f"eval-{split}"
+        return Path(target.spec) / f"eval-{split}{suffix}"
     if target.kind == "checkpoint":
-        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}"
-    return Path(f"eval-baseline-{target.name}-{split}")
+        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}{suffix}"
+    return Path(f"eval-baseline-{target.name}-{split}{suffix}")
 
 
 def run_eval(
@@ -268,6 +282,8 @@ def run_eval(
     n_boot: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    protocol: str = OPEN,
+    head: str | None = None,
 ) -> EvalOutcome:
     """Evaluate ``target`` (RUN | CHECKPOINT | baseline:NAME) on ``split`` of ``bank``; see the module doc.
 
@@ -275,7 +291,10 @@ def run_eval(
     max_queries  cap on evaluated windows (a seeded sample); None: the run's max_test_queries / 10,000
     latency_n    requests timed at batch size 1 (0: no latency measurement)
     gates        a gates file (YAML / JSON) or an already-parsed spec
+    protocol     "open" (default) or "in-article" (``lvmkit.eval.protocol``); latency is timed under open only
+    head         an alignment head fitted by ``lvmkit align`` (ridge | procrustes), applied to the prediction
     """
+    check_protocol(protocol)
     if split not in SPLIT_NAMES:
         raise ConfigError(f"split {split!r} is not known; allowed: {', '.join(SPLIT_NAMES)}")
     if max_queries is not None and max_queries < 1:
@@ -283,10 +302,15 @@ def run_eval(
     gate_spec = load_gates(gates) if isinstance(gates, str | Path) else gates
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
+    if head is not None:
+        from lvmkit.heads.align import attach_head
+
+        attach_head(t, head, bank)
     sp, split_source = resolve_split(t, bank, split_file, split_ratios, split_seed)
 
     windows, train, wkw, cap, query_seed = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     base_seed = query_seed - SPLIT_SEED_OFFSET[split]
+    val = val_windows(t, bank, sp, wkw, base_seed)
 
     def stage(name: str):
         return None if progress is None else (lambda done, total: progress(name, done, total))
@@ -297,12 +321,14 @@ def run_eval(
         windows,
         bank,
         train_windows=train,
+        val_windows=val,
         index=index,
         nprobe=nprobe,
         exclude_context=exclude_context,
         n_boot=n_boot,
         seed=base_seed,
         progress=stage("evaluating"),
+        protocol=protocol,
     )
     if t.name not in suite:
         raise ConfigError(
@@ -310,12 +336,12 @@ def run_eval(
         )
 
     latency = None
-    if latency_n > 0:
+    if latency_n > 0 and protocol == OPEN:
         if progress is not None:
             progress("timing", 0, 1)
         predictor = t.predictor
         if t.kind == "baseline":
-            predictor = _baseline_predictor(t.name, bank.dim, train)
+            predictor = _baseline_predictor(t.name, bank, train, val)
         latency = measure_latency(
             predictor, windows, bank, n=latency_n, exclude_context=exclude_context, index=index, nprobe=nprobe
         )
@@ -328,8 +354,11 @@ def run_eval(
         gate_metrics.update({k: v for k, v in latency.to_dict().items() if k.endswith("_ms") or k == "qps"})
     report = check_gates(gate_metrics, gate_spec) if gate_spec is not None else None
 
-    out = Path(out) if out is not None else default_out(t, split)
+    suffix = ("" if protocol == OPEN else f"-{protocol}") + (f"-{head}" if head else "")
+    out = Path(out) if out is not None else default_out(t, split, suffix)
     info = {
+        "protocol": protocol,
+        "head": head,
         "target": t.spec,
         "kind": t.kind,
         "primary": t.name,
@@ -364,14 +393,18 @@ def run_eval(
     return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info)
 
 
-def _baseline_predictor(name: str, dim: int, train: WindowSet | None):
+def _baseline_predictor(name: str, bank: VectorBank, train: WindowSet | None, val: WindowSet | None):
     from lvmkit.models import build_model
 
     if name == ORACLE:
         return oracle
     if name == "ridge":
-        return fit_ridge(train, dim)
-    return build_model(name, dim, **BASELINES[name])
+        return fit_ridge(train, bank.dim)
+    if name == "blend":
+        return fit_blend(
+            val if val is not None else train, bank, tuned_on="val" if val is not None else "train"
+        )
+    return build_model(name, bank.dim, **BASELINES[name])
 
 
 def _describe_model(t: Target) -> str:
@@ -386,7 +419,9 @@ def _describe_model(t: Target) -> str:
 
 def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult | None, gates) -> str:
     lines = [
-        f"# {info['primary']}: {info['split']} split",
+        f"# {info['primary']}: {info['split']} split, protocol {info['protocol']}",
+        "",
+        f"Protocol {DESCRIPTION[info['protocol']]}.",
         "",
         info["described"] if info["kind"] == "baseline" else f"{info['described']}: {info['model']}",
         "",
