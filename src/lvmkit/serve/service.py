@@ -34,6 +34,7 @@ from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.manifest import check_same_space
 from lvmkit.corpus.readers.text import normalize_ws
 from lvmkit.errors import RequestError
+from lvmkit.eval.protocol import DESCRIPTION, OPEN
 from lvmkit.serve.predictors import Predictors, SingleRun, load_predictor
 from lvmkit.serve.schemas import (
     Health,
@@ -48,8 +49,8 @@ from lvmkit.serve.schemas import (
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 PROTOCOL = {
-    "name": "open",
-    "search": "full bank (every chunk is a candidate)",
+    "name": OPEN,
+    "description": DESCRIPTION[OPEN],
     "exclude_context": "bank chunks whose text equals a context chunk are left out (default; per request)",
     "baseline": "copy_last: the nearest chunks to the last context chunk, from the same search",
 }
