@@ -267,3 +267,19 @@ def test_runs_given_by_name_and_baselines(env):
     assert svc.models.names() == ["baseline:exp_weighted"] and svc.runs_dir is None
     with pytest.raises(ConfigError, match="servable baselines"):
         Service.open(env["bank"].path, "baseline:ridge")
+
+
+def test_text_lookup_matches_a_scan_with_duplicates():
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from lvmkit.serve.service import TextLookup
+
+    rng = np.random.default_rng(0)
+    texts = [f"sentence {i}" for i in rng.integers(0, 40, size=200)]  # many duplicates
+    lookup = TextLookup(SimpleNamespace(chunks=pa.table({"text": texts})))
+    arr = np.asarray(texts, dtype=object)
+    for _ in range(50):
+        query = [f"sentence {i}" for i in rng.integers(0, 50, size=4)]  # some absent
+        assert lookup.rows(query).tolist() == np.flatnonzero(np.isin(arr, query)).tolist()
