@@ -1,7 +1,8 @@
 """Make the README's screenshots of the ``lvmkit serve`` page, the way the browser test drives it.
 
-Starts ``lvmkit serve BANK --run RUN`` on 127.0.0.1 (a free port), opens the page in Debian's chromium through
-Playwright (no browser download), submits a paragraph with Ctrl+Enter and saves the playground; then opens the
+Starts ``lvmkit serve BANK --run RUN`` on 127.0.0.1 (a free port) and opens the page in Debian's chromium
+through Playwright (no browser download), with the browser test's own helpers (tests/serve_env.py: Server,
+launch_chromium); it submits a paragraph with Ctrl+Enter and saves the playground; then opens the
 runs tab and saves the dashboard. PNGs are reduced to a 128-colour palette to stay small.
 
     python benchmarks/serve_screenshot.py --bank quickstart_out/bank --run quickstart_out/runs/gru \
@@ -12,41 +13,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serve_env import Server, launch_chromium  # noqa: E402  (the browser test's helpers)
+
 PARAGRAPH = (
     "Charles Darwin was an English naturalist, geologist and biologist. He is best known for his contributions "
     "to the science of evolution. His proposition that all species of life have descended from common "
     "ancestors is now widely accepted."
 )
-
-
-def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "lvmkit.cli.main", "serve", args.bank, "--port", "0"]
-    cmd += ["--run", args.run] if args.run else []
-    cmd += ["--runs-dir", args.runs_dir] if args.runs_dir else []
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", log.read_text(errors="replace"))
-        if m:
-            return proc, m.group(1)
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"lvmkit serve did not start:\n{log.read_text(errors='replace')}")
 
 
 def save_small_png(png: bytes, out: Path, colors: int) -> None:
@@ -73,13 +51,12 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
-    from playwright.sync_api import sync_playwright
-
-    log = Path("/tmp") / f"serve-screenshot-{int(time.time())}.log"
-    proc, url = start_server(args, log)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+    serve_args = [args.bank, *(["--run", args.run] if args.run else [])]
+    serve_args += ["--runs-dir", args.runs_dir] if args.runs_dir else []
+    with tempfile.TemporaryDirectory() as tmp, Server(*serve_args, cwd=Path(tmp)) as server:
+        pw, browser = launch_chromium(args.chromium)
+        try:
+            url = server.url
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url + "/")
             page.fill("#k", str(args.k))
@@ -94,10 +71,9 @@ def main() -> None:
                 page.wait_for_selector(".card", timeout=60_000)
                 page.wait_for_timeout(1500)  # the curves arrive with the second request
                 save_small_png(page.screenshot(), args.runs_out, args.colors)
+        finally:
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            pw.stop()
 
 
 if __name__ == "__main__":

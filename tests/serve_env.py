@@ -3,6 +3,11 @@
 
     bank = make_corpus_bank(tmp_path)                 # ~40 articles x 8 sentences, encoder hash:64
     run = train_tiny_run(bank, tmp_path / "runs" / "gru", epochs=2)
+    with Server(str(bank.path), "--run", str(run), cwd=tmp_path) as server:   # lvmkit serve, a free port
+        pw, browser = launch_chromium()                                     # Debian's chromium via Playwright
+
+benchmarks/serve_screenshot.py uses the same Server and launch_chromium, so the README's screenshots come from
+the page exactly as the browser test drives it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 WORDS = [
     "river",
     "mountain",
@@ -149,3 +164,11 @@ class Server:
                 self.proc.wait(timeout=20)
             except Exception:
                 self.kill()
+
+
+def launch_chromium(executable: str = CHROMIUM):
+    """(playwright, browser): Debian's chromium driven by Playwright, no browser download. Stop both after use."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    return pw, pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

@@ -23,21 +23,11 @@ import torch
 
 pytest.importorskip("fastapi")
 
-from serve_env import Server, make_corpus_bank, tiny_overrides, train_tiny_run  # noqa: E402
+from serve_env import CHROMIUM, Server, launch_chromium, make_corpus_bank, tiny_overrides, train_tiny_run  # noqa: E402
 
 from lvmkit.train.checkpoint import load_model  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 CONTEXT_ROWS = [40, 41, 42, 43]  # article a5, its first four sentences
 
 
@@ -62,11 +52,10 @@ def expected_top(bank, run: Path) -> set[str]:
 
 
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run does it)")
-    pw = sync_api.sync_playwright().start()
-    return pw, pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    return launch_chromium()
 
 
 def epoch_shown(page, run: str) -> int:
