@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lvmkit.artifacts import append_jsonl, read_json, read_jsonl, write_text
+from lvmkit.artifacts import append_jsonl, read_jsonl, write_text
 from lvmkit.errors import ConfigError, LvmkitError
 from lvmkit.eval.gates import check_gates
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lvmkit.train.config import RunConfig, config_diff, load_config, save_config
-from lvmkit.train.runs import RunPaths, lock_run, now, write_status
+from lvmkit.train.runs import RunPaths, lock_run, now, status_state, write_status
 from lvmkit.train.triage import gate_rules, write_gate_triage, write_nan_triage
 
 # Tasks by config name ("module:Class"); each class has ``from_config(cfg, run, dist, rng, resume)``.
@@ -484,7 +484,7 @@ def prepare_run_dir(run: RunPaths, cfg: RunConfig, resume: bool) -> RunConfig:
             f"what is trained, so start a new run instead (only {', '.join(RESUMABLE_CHANGES)} may change)"
         )
     if run.status.exists():
-        state = read_json(run.status).get("state")
+        state = status_state(run)  # None when damaged: resuming rewrites it
         if state in ("stopped_gate", "stopped_nan"):
             raise ConfigError(
                 f"--resume: {run.root} {state.replace('_', ' at a ')}; resuming would stop again. "

@@ -74,7 +74,10 @@ def write_status(run: RunPaths, state: str, **fields: Any) -> dict[str, Any]:
     """Update status.json (fields not given keep their previous values); returns the new status."""
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
-    status = read_status(run) if run.status.exists() else {}
+    try:
+        status = read_status(run) if run.status.exists() else {}
+    except ArtifactError:  # damaged: it only mirrors the run's progress, so it is rewritten from scratch
+        status = {}
     status.update(fields)
     status.update(state=state, updated=now())
     write_json(run.status, status)
@@ -86,8 +89,19 @@ def read_status(run: RunPaths) -> dict[str, Any]:
         return read_json(run.status)
     except FileNotFoundError:
         raise ArtifactError(f"{run.root} is not a run directory (no status.json)") from None
-    except ValueError as e:
-        raise ArtifactError(f"{run.status} is not valid JSON: {e}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(
+            f"{run.status} is damaged (not valid JSON: {e}); `lvmkit train --out {run.root} --resume` rewrites it "
+            "(the run's progress is in last.pt)"
+        ) from None
+
+
+def status_state(run: RunPaths) -> str | None:
+    """The run's recorded state, or None when status.json is missing or damaged."""
+    try:
+        return read_status(run).get("state")
+    except ArtifactError:
+        return None
 
 
 def pid_alive(pid: int | None) -> bool:
