@@ -137,7 +137,14 @@ def model_command(
     target: str = typer.Argument(
         ..., help="A run directory, a checkpoint, or baseline:NAME.", show_default=False
     ),
-    bank: Path = typer.Option(..., "--bank", "-b", help="The bank the model is evaluated against."),
+    bank: Path = typer.Option(
+        None,
+        "--bank",
+        "-b",
+        help="The bank the model is evaluated against. Default for a run directory: the bank it was trained "
+        "on (its config.yaml); required for a checkpoint or a baseline.",
+        show_default=False,
+    ),
     split: str = typer.Option("val", "--split", help="Held-out split whose windows are diagnosed."),
     max_queries: int = typer.Option(2000, "--max-queries", help="Windows diagnosed (a seeded sample)."),
     split_file: Path = typer.Option(None, "--split-file", help="A split.json to use instead of the run's."),
@@ -147,8 +154,11 @@ def model_command(
     ),
 ) -> None:
     """Postmortem: separation margin, copy-last collapse, prediction variance, same-article negatives."""
+    from lvmkit.cli.eval import run_bank
     from lvmkit.diagnose.model import diagnose_target
 
+    if bank is None:
+        bank = run_bank(target)
     d = diagnose_target(target, bank, split=split, max_queries=max_queries, split_file=split_file, ctx=ctx)
     show(d, f"{d.subject}: {d.stats['n_queries']} {split} windows")
     if out is None:
