@@ -303,3 +303,41 @@ def test_messages_name_the_cli_flags(make_bank, tmp_path):
         f"error: --index ivf was asked for but bank {bank.path} has a flat index; build one with `lvmkit index "
         f"build {bank.path} --type ivf` or use --index flat for exact search"
     )
+
+
+# --------------------------------------------------------------------------------- damaged run files
+def test_damaged_run_files_are_named_with_their_fix(tmp_path):
+    from test_runs import fake_run
+
+    from lvmkit.train.runs import read_status, write_status
+
+    run = fake_run(tmp_path, "gru", "finished")
+    good = read_status(run)
+    run.status.write_text('{"state": "runn')  # truncated
+    fix = f"`lvmkit train --out {run.root} --resume` rewrites it"
+    assert user_error(invoke("runs", "status", run.root)) == (
+        f"error: {run.status} is damaged (not valid JSON: Unterminated string starting at: line 1 column 11 "
+        f"(char 10)); {fix} (the run's progress is in last.pt)"
+    )
+    assert user_error(invoke("report", run.root, "--out", tmp_path / "r.html")) == (
+        f"error: {run.status} is damaged (Unterminated string starting at: line 1 column 11 (char 10)); {fix}, "
+        "or leave the run out of the report"
+    )
+    assert write_status(run, "running", epoch=3) == {
+        "epoch": 3,
+        "state": "running",
+        "updated": read_status(run)["updated"],
+    }
+    config = run.root / "config.yaml"
+    config.write_bytes(b"model: {name: gru\x00")
+    line = user_error(invoke("report", run.root, "--out", tmp_path / "r.html"))
+    assert line.startswith(f"error: {config} is damaged (") and line.endswith(
+        "every checkpoint of the run holds its config, or leave the run out of the report"
+    )
+    config.unlink()
+    (run.root / "metrics.json").write_text('{"results": {')
+    assert user_error(invoke("report", run.root, "--out", tmp_path / "r.html")) == (
+        f"error: {run.root / 'metrics.json'} is damaged (Expecting property name enclosed in double quotes: line 1 "
+        f"column 14 (char 13)); `lvmkit eval {run.root}` writes it again, or leave the run out of the report"
+    )
+    assert good["state"] == "finished"
