@@ -42,4 +42,12 @@ if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-t
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step serve; then   # (here: SERVE_RUN=/work/qs/runs/gru, the quickstart gru on the enwiki bank: same encoder) loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror
   $PY benchmarks/bench_serve.py $BANK --run "${SERVE_RUN:-quickstart_out/runs/gru}" --requests 300 --phase-seconds 45 --soak-seconds 600
+QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
+if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
+  $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
+fi
+if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 4 --warmup 20 \
+      --runs /tmp/experts-bench-long --out benchmarks/results/experts_long.json
 fi
