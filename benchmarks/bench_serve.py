@@ -398,7 +398,8 @@ def main() -> None:
                 )
                 save()
             res.setdefault("info", {})[mode] = httpx.get(f"{url}/v1/info").json()["index"]
-    res["faiss"] = faiss_compare(bank, conc, per_thread=args.faiss_per_thread)
+    if args.faiss_per_thread > 0:
+        res["faiss"] = faiss_compare(bank, conc, per_thread=args.faiss_per_thread)
     res["machine"]["loadavg_at_end"] = os.getloadavg()
     save()
     print(markdown(res))

@@ -40,8 +40,8 @@ if step quality; then   # same objective for every model: cosine + InfoNCE (tau 
 fi
 if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-train-pairs 8000 --test-queries 1500; fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
-if step serve; then   # (here: SERVE_RUN=/work/qs/runs/gru, the quickstart gru on the enwiki bank: same encoder) loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror
-  $PY benchmarks/bench_serve.py $BANK --run "${SERVE_RUN:-quickstart_out/runs/gru}" --requests 300 --phase-seconds 45 --soak-seconds 600
+if step serve; then   # loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror of the bank
+  $PY benchmarks/bench_serve.py $BANK --run baseline:exp_weighted --requests 300 --phase-seconds 45 --soak-seconds 600
 QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
 if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
   $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench

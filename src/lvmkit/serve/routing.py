@@ -254,11 +254,6 @@ class Router:
         c = self.config.canary
         self._canary = CanaryState(c.run, c.share) if c is not None else None
 
-    @classmethod
-    def single(cls, run: str) -> Router:
-        """A router that sends everything to one run (a server started with ``--run``)."""
-        return cls(RoutingConfig(default=run))
-
     def choose(self, request_id: str, n_context: int) -> Decision:
         cfg = self.config
         run, reason = cfg.default, "default"
