@@ -375,3 +375,20 @@ def test_configs_written_before_the_task_spec_still_load(tmp_path):
     path.write_text("task: lvm\nbank: banks/x\nmodel:\n  name: gru\ntwotower: null\n")
     cfg = load_config(path)
     assert cfg.task == "lvm" and cfg.model.name == "gru" and str(cfg.bank) == "banks/x"
+
+
+def test_corpus_warnings_are_printed_once(tmp_path, caplog):
+    """Ingest reads the corpus twice when it shows progress (a counting pass, then the encode pass); only
+    the encode pass reports what it skipped or repaired."""
+    corpus = text_corpus(tmp_path / "corpus", n=2)
+    (corpus / "bad.txt").write_bytes(b"Hello \xff world. A second sentence here.\n")
+    events = []
+    with caplog.at_level("WARNING", logger="lvmkit.corpus"):
+        bank = ingest(
+            corpus, tmp_path / "bank", encoder=HASH, backend="hash", progress=lambda *e: events.append(e)
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lvmkit.corpus"]
+    assert warnings == [
+        f"corpus: {corpus / 'bad.txt'}:1: bad_utf8 (invalid byte at column 6, replaced by U+FFFD)"
+    ]
+    assert events[0][0] == "count" and bank.manifest.corpus.repaired == {"bad_utf8": 1}
