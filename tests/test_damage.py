@@ -392,3 +392,23 @@ def test_corpus_warnings_are_printed_once(tmp_path, caplog):
         f"corpus: {corpus / 'bad.txt'}:1: bad_utf8 (invalid byte at column 6, replaced by U+FFFD)"
     ]
     assert events[0][0] == "count" and bank.manifest.corpus.repaired == {"bad_utf8": 1}
+
+
+def test_damaged_pair_set_is_named_with_its_fix(make_bank, tmp_path):
+    from lvmkit.data import make_split
+    from lvmkit.data.pairs import REBUILD, PairSet, make_pairs
+
+    bank = make_bank(tmp_path, articles=[12] * 10)
+    make_pairs(bank, make_split(bank), ctx=3, stride=2).save(tmp_path / "pairs")
+    manifest = tmp_path / "pairs" / "manifest.json"
+    manifest.write_text('{"bank_id": ')
+    with pytest.raises(ArtifactError) as e:
+        PairSet.load(tmp_path / "pairs", bank)
+    assert (
+        str(e.value)
+        == f"{manifest} is not valid JSON (Expecting value: line 1 column 13 (char 12)); {REBUILD}"
+    )
+    assert (
+        user_error(invoke("diagnose", "data", tmp_path / "pairs", "--out", tmp_path / "dd"))
+        == f"error: {e.value}"
+    )
