@@ -40,3 +40,12 @@ if step quality; then   # same objective for every model: cosine + InfoNCE (tau 
 fi
 if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-train-pairs 8000 --test-queries 1500; fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
+QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
+if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
+  $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
+fi
+if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 4 --warmup 20 \
+      --runs /tmp/experts-bench-long --out benchmarks/results/experts_long.json
+fi

@@ -226,10 +226,17 @@ def test_bad_inputs_raise_clear_errors(make_bank, tmp_path, bank, windows):
         evaluate(lambda b: np.zeros((len(b), 3)), windows, bank)
     with pytest.raises(ConfigError, match="nn.Module"):
         evaluate("copy_last", windows, bank)
-    with pytest.raises(ConfigError, match="has a flat index"):
+    with pytest.raises(ConfigError) as e:
         evaluate(oracle, windows, bank, index="ivf")
-    with pytest.raises(ConfigError, match="index='hnsw2'"):
+    assert str(e.value) == (
+        f"--index ivf was asked for but bank {bank.path} has a flat index; build one with `lvmkit index build "
+        f"{bank.path} --type ivf` or use --index flat for exact search"
+    )
+    with pytest.raises(ConfigError) as e:  # the CLI flag, not the Python keyword
         evaluate(oracle, windows, bank, index="hnsw2")
+    assert str(e.value) == (
+        "--index hnsw2 is not allowed; choose one of flat, ivf, hnsw (or leave it out: the bank's own index)"
+    )
     with pytest.raises(ConfigError, match="no windows"):
         evaluate(oracle, WindowSet(bank, np.zeros(0, dtype=np.int64), CTX), bank)
     other = make_bank(tmp_path, articles=LENGTHS, dim=16, seed=4)

@@ -131,6 +131,6 @@ def compare_runs(
         "bank_id": bank.manifest.bank_id,
         "bank_chunks": len(bank),
         "encoder": bank.encoder.describe(),
-        "runs": {name: str(r.root) for name, r in runs.items()},
+        "runs": {name: str(r.root.resolve()) for name, r in runs.items()},  # the report finds the runs by it
     }
     return suite, info

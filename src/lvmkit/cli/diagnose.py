@@ -65,13 +65,23 @@ def bank_command(
         5, "--ctx", help="Context length for the share of articles too short for a window."
     ),
     seed: int = typer.Option(0, "--seed"),
+    check: str = typer.Option(
+        "sample",
+        "--check",
+        help="sample: bad vectors are judged on --sample rows; full: every row is checked for NaN, Inf and "
+        "norm outliers too (reads the whole vectors.npy).",
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory (default diagnostics/bank-NAME)."),
 ) -> None:
-    """Norms, mean cosine of random pairs (anisotropy), near-duplicate rates, chunks per article."""
+    """Norms, mean cosine of random pairs (anisotropy), near-duplicate rates, chunks per article.
+
+    The bank is opened without the open-time vector check, so a bank with NaN or outlier rows is diagnosed
+    (bad_vectors fails) rather than refused."""
     from lvmkit.bank.bank import VectorBank
     from lvmkit.diagnose.bank import diagnose_bank
 
-    d = diagnose_bank(VectorBank.open(bank), sample=sample, dup_sample=dup_sample, ctx=ctx, seed=seed)
+    vb = VectorBank.open(bank, check="none")
+    d = diagnose_bank(vb, sample=sample, dup_sample=dup_sample, ctx=ctx, seed=seed, check=check)
     s = d.stats
     show(d, f"bank {bank}: {s['chunks']} chunks, {s['articles']} articles, {s['encoder']}")
     finish(d, out or Path("diagnostics") / f"bank-{_slug(bank)}")

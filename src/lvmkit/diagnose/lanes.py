@@ -2,7 +2,8 @@
 
 Findings (``Diagnosis(kind="lanes")``), on a bank whose lanes were written by ``lvmkit lanes assign``:
 
-    lane_share[ID]   share of the bank's chunks in each lane (info; empty lanes included)
+    lane_share[ID]   share of the bank's chunks in each lane that has chunks (info)
+    empty_lanes      how many lanes hold no chunk (their ids in the details)
     lane_skew        the largest lane's share; warn above ``skew_warn`` (0.40). The predecessor had about 60%
                      of its bank in one lane: a lane feature then says little, and pooled metrics are mostly
                      that lane's
@@ -39,6 +40,8 @@ def lane_share_findings(d: Diagnosis, ids: list[str], names: list[str], lanes: n
     counts = np.bincount(lanes, minlength=len(ids))
     shares = counts / max(1, counts.sum())
     for i, lid in enumerate(ids):
+        if counts[i] == 0:
+            continue  # listed in the empty_lanes finding
         d.add(
             info(
                 f"lane_share[{lid}]",

@@ -276,9 +276,9 @@ def run_eval(
     """
     check_protocol(protocol)
     if split not in SPLIT_NAMES:
-        raise ConfigError(f"split {split!r} is not known; allowed: {', '.join(SPLIT_NAMES)}")
+        raise ConfigError(f"--split {split} is not known; allowed: {', '.join(SPLIT_NAMES)}")
     if max_queries is not None and max_queries < 1:
-        raise ConfigError(f"max_queries must be >= 1, got {max_queries}")
+        raise ConfigError(f"--max-queries must be >= 1, got {max_queries}")
     gate_spec = load_gates(gates) if isinstance(gates, str | Path) else gates
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)

@@ -136,15 +136,16 @@ def resolve_index(bank: VectorBank, index: str | None) -> SearchIndex:
     approximate index, which must be of the requested type ("ivf", "hnsw")."""
     if index not in INDEX_CHOICES:
         raise ConfigError(
-            f"index={index!r} is not allowed; choose one of {', '.join(map(str, INDEX_CHOICES))}"
+            f"--index {index} is not allowed; choose one of {', '.join(str(c) for c in INDEX_CHOICES if c)} "
+            "(or leave it out: the bank's own index)"
         )
     if index == "flat":
         return exact_index(bank.vectors)
     si = bank.index()
     if index is not None and si.params.get("type") != index:
         raise ConfigError(
-            f"index={index!r} was asked for but bank {bank.path} has a {si.params.get('type')} index; build one "
-            f"with `lvmkit index build --type {index}` or use index='flat' for exact search"
+            f"--index {index} was asked for but bank {bank.path} has a {si.params.get('type')} index; build one "
+            f"with `lvmkit index build {bank.path} --type {index}` or use --index flat for exact search"
         )
     return si
 

@@ -31,6 +31,7 @@ from lvmkit.errors import ArtifactError
 from lvmkit.eval.evaluator import evaluate
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
+from lvmkit.models.experts import balance_term
 from lvmkit.tasks.base import SamplerEpochs, final_evaluation, open_bank_and_split, train_sampler
 from lvmkit.tasks.lvm.config import LVMRunConfig
 from lvmkit.tasks.lvm.spec import LVM_SPEC
@@ -51,6 +52,13 @@ class LVMStep(nn.Module):
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
         pred = self.model(ctx, mask)
+        total, parts = self._loss(pred, target, article)
+        balance = balance_term(self.model)  # lane experts' load-balance term (lvmkit.models.experts)
+        if balance is not None:
+            total, parts = total + balance, {**parts, "balance": balance.detach()}
+        return total, parts
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
         if self.takes_negatives:
             gathered = D.gather_negatives(target, article)  # None unless running under DDP
             if gathered is not None:
