@@ -136,15 +136,20 @@ def lane_hit_rows(
     nprobe: int | None,
 ):
     """(overall Hit@5, per-lane rows from the evaluator's per-label grouping, stats) for ``target``."""
-    from lvmkit.diagnose.model import target_predictor
-    from lvmkit.eval.command import build_windows, resolve_split, resolve_target
+    from lvmkit.eval.command import (
+        build_windows,
+        resolve_split,
+        resolve_target,
+        target_predictor,
+        window_info,
+    )
     from lvmkit.eval.evaluator import _by_label, evaluate
 
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
-    windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
+    windows, fit_on, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     result = evaluate(
-        target_predictor(t, bank, sp, wkw, train, seed),
+        target_predictor(t, bank, fit_on),
         windows,
         bank,
         n_boot=0,
@@ -159,7 +164,7 @@ def lane_hit_rows(
         "target": t.describe(),
         "split": split,
         "split_source": source,
-        "windows": wkw,
+        "windows": window_info(cfg, split),
         "n_queries": len(windows),
     }
     return result.metrics["hit@5"], rows, stats

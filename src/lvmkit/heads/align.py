@@ -189,7 +189,8 @@ def fit_alignment(
     if not alphas or min(alphas) < 0:
         raise ConfigError(f"alphas must be non-negative numbers, got {alphas}")
     sp, split_source = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    val, train, _, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0)
+    val, fit_on, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0, fit=("train",))
+    train = fit_on.get("train")
     if train is None:
         raise ConfigError(
             f"the train split of {bank.path} has no windows for {run}: nothing to fit a head on"
@@ -245,18 +246,24 @@ def fit_alignment(
 def report_test(fit: AlignFit, bank: VectorBank, *, max_queries: int | None = None, progress=None):
     """The test table, read once: the run, the run + each head, and the baselines on the same windows.
     Writes RUN/heads/align-test.md and .json; returns the SuiteResult."""
-    from lvmkit.eval.command import SPLIT_SEED_OFFSET, build_windows, resolve_split
+    from lvmkit.eval.command import build_windows, resolve_split
     from lvmkit.eval.evaluator import evaluate_suite, format_table
 
     t = fit.info["target"]
     sp, _ = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    test, train, wkw, _, seed = build_windows(t, bank, sp, "test", max_queries, 5, 0)
+    test, fit_on, cfg, _ = build_windows(t, bank, sp, "test", max_queries, 5, 0)
     models = {
         t.name: t.predictor,
         **{f"{t.name}+{k}": AlignedModel(t.predictor, h) for k, h in fit.heads.items()},
     }
     suite = evaluate_suite(
-        models, test, bank, train_windows=train, seed=seed - SPLIT_SEED_OFFSET["test"], progress=progress
+        models,
+        test,
+        bank,
+        train_windows=fit_on.get("train"),
+        val_windows=fit_on.get("val"),
+        seed=cfg.seed,
+        progress=progress,
     )
     d = fit.run / HEADS_DIR
     sweep = "\n".join(
