@@ -43,6 +43,10 @@ if step report; then $PY benchmarks/render_report.py --smoke; fi
 QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
 if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
   $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
+  # the classifier README reports: all 10,033 labelled leads (12 topics)
+  [ -f banks/embedded/manifest.json ] || $LV ingest embedded --out banks/embedded --backend onnx-int8
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lanes.py --labelled banks/embedded --bank $QS/bank --run $QS/runs/amn \
+      --work /tmp/lanes-bench-full --name full
 fi
 if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
   OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
