@@ -16,6 +16,7 @@ from lvmkit.cli import eval as eval_cli
 from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
+from lvmkit.cli import rerank as rerank_cli
 from lvmkit.cli import runs as runs_cli
 from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
@@ -38,6 +39,7 @@ app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
 app.command("align")(align_cli.align)
+app.add_typer(rerank_cli.rerank_app, name="rerank")
 # ------------------------------------------------------------------------------------------------------
 
 
