@@ -21,6 +21,7 @@ exist only under ``in-article``: ``check_features`` refuses them under ``open``)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,12 @@ class QuerySource:
 
         self.spec, self.name, self.predictor, self.ctx, self.target = spec, name, predictor, int(ctx), target
         self._predict = _Predict(predictor)
+        # memo key: one source named two ways (relative / absolute path) is computed once per batch
+        base, _, head = spec.partition("+")
+        self.key = (base if base.startswith("baseline:") else str(Path(base).resolve())) + (
+            f"+{head}" if head else ""
+        )
+        self.key += f"@ctx{self.ctx}"
 
     def __call__(self, batch) -> np.ndarray:
         from lvmkit.data.windows import WindowBatch
@@ -141,9 +148,9 @@ class QueryBatch:
         return len(self.idx)
 
     def query(self, source: QuerySource) -> np.ndarray:
-        if source.spec not in self.memo:
-            self.memo[source.spec] = source(self.batch)
-        return self.memo[source.spec]
+        if source.key not in self.memo:
+            self.memo[source.key] = source(self.batch)
+        return self.memo[source.key]
 
 
 @dataclass

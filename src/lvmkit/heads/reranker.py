@@ -285,6 +285,25 @@ def fit_reranker(
         data[name] = pool_data(spec, sources, ws, index=index, nprobe=nprobe)
 
     tr = data["train"]
+    with single_thread():
+        fitted, val_scores = _fit_kinds(kinds, tr, data["val"], seed, progress)
+        best = max(kinds, key=lambda kd: val_scores[kd]["mrr@10"])
+        report = _report(spec, fitted, best, data, val_scores)
+        if progress:
+            progress("importances", 0, 1)
+        report["importance"] = permutation_importance(fitted[best], data["val"], spec.features, seed=seed)
+    return Reranker(spec, best, fitted[best], report)
+
+
+def single_thread():
+    """OpenMP limited to one thread: HistGradientBoosting's threads spin-wait on a busy small machine (measured
+    ~50x slower fits at 2 threads under load) and batch-1 scoring gains nothing from them."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _fit_kinds(kinds, tr: PoolData, val: PoolData, seed: int, progress):
     fitted, val_scores = {}, {}
     for kind in kinds:
         if progress:
@@ -296,13 +315,8 @@ def fit_reranker(
             )
         model.fit(tr.x[tr.valid], tr.y[tr.valid])
         fitted[kind] = model
-        val_scores[kind] = ranking_metrics(data["val"].ranked(_scores(model, data["val"])), data["val"].truth)
-    best = max(kinds, key=lambda kd: val_scores[kd]["mrr@10"])
-    report = _report(spec, fitted, best, data, val_scores)
-    if progress:
-        progress("importances", 0, 1)
-    report["importance"] = permutation_importance(fitted[best], data["val"], spec.features, seed=seed)
-    return Reranker(spec, best, fitted[best], report)
+        val_scores[kind] = ranking_metrics(val.ranked(_scores(model, val)), val.truth)
+    return fitted, val_scores
 
 
 def check_run_split(source: QuerySource, ratios, seed: int) -> None:
