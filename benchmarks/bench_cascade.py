@@ -43,34 +43,59 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def ivf_bank(bank_path: Path, work: Path, nprobe: int) -> VectorBank:
-    """The bank itself when it stores an IVF index, else a shadow bank under ``work`` with one."""
+def lane_classifier(args) -> Path | None:
+    """--lanes DIR as given, or a classifier fitted on --lanes-from BANK's labels into WORK/lanes (reused)."""
+    if args.lanes is not None or args.lanes_from is None:
+        return args.lanes
+    from lvmkit.lanes import fit_lane_classifier
+
+    out = args.work / "lanes"
+    if not (out / "classifier.json").exists():
+        log(f"fitting a lane classifier on the labels of {args.lanes_from}")
+        fit_lane_classifier(VectorBank.open(args.lanes_from)).save(out)
+    return out
+
+
+def working_bank(bank_path: Path, work: Path, nprobe: int, lanes: Path | None) -> VectorBank:
+    """The bank itself when it stores an IVF index (and lanes, if asked for), else a shadow bank under ``work``:
+    symlinks to the bank's vectors and chunks, its manifest, an IVF index built there and the lane columns
+    written there (the bank id is unchanged, so runs, heads and rerankers keep matching)."""
     from lvmkit.bank.index import build_index, recall_against_exact, save_index
+    from lvmkit.lanes import LANE_COLUMN, LaneClassifier, assign_lanes
 
     bank = VectorBank.open(bank_path)
-    if (bank.manifest.index or {}).get("type") == "ivf":
+    has_ivf = (bank.manifest.index or {}).get("type") == "ivf"
+    if has_ivf and (lanes is None or LANE_COLUMN in bank.chunks.column_names):
         return bank
-    shadow = work / "ivf_bank"
-    if (shadow / "manifest.json").exists() and (VectorBank.open(shadow).manifest.index or {}).get(
-        "type"
-    ) == "ivf":
-        return VectorBank.open(shadow)
-    shadow.mkdir(parents=True, exist_ok=True)
-    for name in ("vectors.npy", "chunks.parquet"):
-        link = shadow / name
-        if not link.exists():
-            os.symlink((bank_path / name).resolve(), link)
-    shutil.copy(bank_path / "manifest.json", shadow / "manifest.json")
+    shadow = work / "bank"
+    if not (shadow / "manifest.json").exists():
+        shadow.mkdir(parents=True, exist_ok=True)
+        for name in ("vectors.npy", "chunks.parquet", "index.faiss"):
+            if (bank_path / name).exists():
+                os.symlink((bank_path / name).resolve(), shadow / name)
+        shutil.copy(bank_path / "manifest.json", shadow / "manifest.json")
     sb = VectorBank.open(shadow)
-    log(f"building an IVF index for {len(sb)} chunks in the shadow bank {shadow}")
-    t0 = time.perf_counter()
-    index = build_index(sb.vectors, type="ivf", nprobe=nprobe)
-    extra = {
-        "recall@10": round(recall_against_exact(index, sb.vectors, k=10, sample=2000), 4),
-        "recall_sample": 2000,
-    }
-    save_index(sb, index, extra)
-    log(f"IVF built in {time.perf_counter() - t0:.0f} s, recall@10 {extra['recall@10']} at nprobe {nprobe}")
+    if (sb.manifest.index or {}).get("type") != "ivf":
+        log(f"building an IVF index for {len(sb)} chunks in the shadow bank {shadow}")
+        t0 = time.perf_counter()
+        if (shadow / "index.faiss").is_symlink():
+            (shadow / "index.faiss").unlink()
+        index = build_index(sb.vectors, type="ivf", nprobe=nprobe)
+        extra = {
+            "recall@10": round(recall_against_exact(index, sb.vectors, k=10, sample=2000), 4),
+            "recall_sample": 2000,
+        }
+        save_index(sb, index, extra)
+        log(
+            f"IVF built in {time.perf_counter() - t0:.0f} s, recall@10 {extra['recall@10']} at nprobe {nprobe}"
+        )
+    if lanes is not None and LANE_COLUMN not in sb.chunks.column_names:
+        log(f"assigning lanes ({lanes}) to the shadow bank")
+        if (shadow / "chunks.parquet").is_symlink():  # written anew there, never into the shared bank
+            target = (shadow / "chunks.parquet").resolve()
+            (shadow / "chunks.parquet").unlink()
+            shutil.copy(target, shadow / "chunks.parquet")
+        assign_lanes(VectorBank.open(shadow), LaneClassifier.load(lanes))
     return VectorBank.open(shadow)
 
 
@@ -94,29 +119,21 @@ def run_budget(run: Path) -> dict:
     }
 
 
-def heads_section(lvm: Path, bank: VectorBank, protocol: str, fit, n: int, nprobe: int) -> dict:
+def heads_section(bank: VectorBank, protocol: str, fit, n: int, nprobe: int) -> dict:
     """The run with and without each head, beside the baselines, on the same test windows."""
-    from lvmkit.eval.command import SPLIT_SEED_OFFSET, build_windows, resolve_split
-    from lvmkit.eval.evaluator import evaluate_suite
-    from lvmkit.heads.align import AlignedModel
+    from lvmkit.heads.align import evaluate_heads
 
-    t = fit.info["target"]
-    sp, _ = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    test, train, _, _, seed = build_windows(t, bank, sp, "test", n, 5, 0)
-    models = {
-        t.name: t.predictor,
-        **{f"{t.name}+{k}": AlignedModel(t.predictor, h) for k, h in fit.heads.items()},
-    }
-    suite = evaluate_suite(
-        models, test, bank, train_windows=train, protocol=protocol, index=None if protocol != OPEN else "ivf",
-        nprobe=nprobe, n_boot=300, seed=seed - SPLIT_SEED_OFFSET["test"],
-    )  # fmt: skip
+    index = "ivf" if protocol == OPEN else None
+    suite = evaluate_heads(
+        fit, bank, protocol=protocol, max_queries=n, index=index, nprobe=nprobe, n_boot=300
+    )
     rows = {name: {k: r.metrics[k] for k in ROW_KEYS} for name, r in suite.items()}
     for name, r in suite.items():
         rows[name]["hit@5_ci"] = list(r.intervals.get("hit@5", (float("nan"),) * 2))
+    n_q = next(iter(suite.values())).info["n_queries"]
     return {
         "protocol": protocol,
-        "n_queries": len(test),
+        "n_queries": n_q,
         "rows": rows,
         "comparisons": [c.to_dict() for c in suite.comparisons],
     }
@@ -137,7 +154,10 @@ def main() -> None:
     ap.add_argument("--bank", type=Path, default=Path("banks/enwiki"))
     ap.add_argument("--lvm", type=Path, required=True, help="an LVM run trained on the bank")
     ap.add_argument("--twotower", type=Path, required=True, help="a two-tower run trained on the bank")
-    ap.add_argument("--lanes", type=Path, default=None, help="a lane classifier directory (lvmkit lanes)")
+    ap.add_argument("--lanes", type=Path, default=None, help="a lane classifier directory (lvmkit lanes fit)")
+    ap.add_argument(
+        "--lanes-from", type=Path, default=None, help="or a labelled bank to fit one on (e.g. /work/qs/bank)"
+    )
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/cascade"))
     ap.add_argument("--queries", type=int, default=2000, help="test queries per table")
     ap.add_argument("--nprobe", type=int, default=64)
@@ -154,11 +174,13 @@ def main() -> None:
     from lvmkit.heads.reranker import fit_reranker, format_report
 
     t_start = time.perf_counter()
-    bank = ivf_bank(args.bank, args.work, args.nprobe)
+    args.lanes = lane_classifier(args)
+    bank = working_bank(args.bank, args.work, args.nprobe, args.lanes)
     result = {
         "bank": str(args.bank), "bank_used": str(bank.path), "bank_id": bank.manifest.bank_id, "bank_size": len(bank),
         "encoder": bank.encoder.describe(), "index": bank.manifest.index, "nprobe": args.nprobe,
         "runs": {"lvm": run_budget(args.lvm), "twotower": run_budget(args.twotower)},
+        "lanes": str(args.lanes) if args.lanes else None,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "protocols": {},
     }  # fmt: skip
@@ -174,7 +196,7 @@ def main() -> None:
     for protocol in args.protocols.split(","):
         sec: dict = {}
         log(f"[{protocol}] heads beside the baselines")
-        sec["heads"] = heads_section(args.lvm, bank, protocol, fit, args.queries, args.nprobe)
+        sec["heads"] = heads_section(bank, protocol, fit, args.queries, args.nprobe)
         log(f"[{protocol}] reranker")
         rr = fit_reranker(
             str(args.lvm), bank, protocol=protocol, retriever=str(args.twotower), k=args.rerank_k,

@@ -121,9 +121,11 @@ def main() -> None:
         if len(test) > args.max_test_queries:
             rng = np.random.default_rng(12345)
             test = test.subset(np.sort(rng.choice(len(test), args.max_test_queries, replace=False)))
+        valw = make_windows(bank, split, "val", ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
+        valw = valw.sample(d.max_eval_queries, cfg0.seed + 1)  # the blend's (w, alpha) are chosen here
         predictors = {m: load_model(RunPaths(runs[m]).best, bank=bank)[0] for m in models}
         t0 = time.perf_counter()
-        suite = evaluate_suite(predictors, test, bank, train_windows=trainw, seed=0)
+        suite = evaluate_suite(predictors, test, bank, train_windows=trainw, val_windows=valw, seed=0)
         print(f"  evaluated {len(test)} test windows in {time.perf_counter() - t0:.0f}s", flush=True)
         table = format_table(suite)
         print(table, flush=True)

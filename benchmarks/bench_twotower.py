@@ -5,6 +5,7 @@ run trained on), each by exact search over every chunk of BANK with the query's 
 
     copy_last            the last context vector as the query
     exp_weighted         the exponentially weighted context (alpha 0.1)
+    blend                normalize(w last + (1 - w) exp_weighted(alpha)), (w, alpha) chosen on val pairs
     twotower_plain       configs/twotower_plain.yaml: in-batch + memory-bank negatives, no mining
     twotower_curriculum  configs/twotower_curriculum.yaml: the same plus the hard-negative curriculum
 
@@ -39,13 +40,10 @@ from lvmkit.artifacts import read_jsonl, write_json, write_text
 from lvmkit.bank import VectorBank
 from lvmkit.bank.index import exact_index
 from lvmkit.data import make_pairs, make_split
+from lvmkit.eval.tuning import fit_blend
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.train.checkpoint import load_checkpoint
-from lvmkit.train.config import load_config
-from lvmkit.train.loop import train
-from lvmkit.train.runs import RunPaths, read_status
-from lvmkit.train.twotower_task import (
+from lvmkit.tasks.twotower.task import (
     DocBank,
     compare_to_best,
     encode_bank,
@@ -53,10 +51,14 @@ from lvmkit.train.twotower_task import (
     raw_doc_bank,
     retrieval_table,
 )
+from lvmkit.train.checkpoint import load_checkpoint
+from lvmkit.train.config import load_config
+from lvmkit.train.loop import train
+from lvmkit.train.runs import RunPaths, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = (10, 100, 500)
-HEURISTICS = ("copy_last", "exp_weighted")
+HEURISTICS = ("copy_last", "exp_weighted", "blend")
 
 
 def default_schedule(epochs: int) -> str:
@@ -191,7 +193,7 @@ def main() -> None:
     ap.add_argument(
         "--anchor",
         default="exp_weighted",
-        choices=["none", "exp_weighted", "last", "mean"],
+        choices=["none", "exp_weighted", "last", "mean", "blend", "mix"],
         help="query-tower anchor: the tower starts AT this heuristic and learns a residual",
     )
     ap.add_argument("--epochs", type=int, default=4, help="epochs of each trained tower")
@@ -261,6 +263,11 @@ def main() -> None:
         test = test.subset(
             np.sort(np.random.default_rng(2).choice(len(test), args.test_queries, replace=False))
         )
+    val = make_pairs(
+        bank, split, ctx=args.ctx, stride=args.stride, split_name="val", min_ctx=args.min_ctx or None
+    ).windows()
+    blend = fit_blend(val, bank, seed=0)  # the tuned-blend heuristic: (w, alpha) chosen on val pairs
+    print(f"{blend.fit_info.describe()}", flush=True)
     print(f"evaluating {len(test):,} test pairs against all {len(bank):,} chunks ...", flush=True)
     raw = raw_doc_bank(bank)
     kw = {"ks": KS, "n_boot": args.n_boot, "seed": 0}
@@ -271,6 +278,7 @@ def main() -> None:
         "exp_weighted": evaluate_retrieval(
             build_model("exp_weighted", bank.dim, alpha=0.1), test, raw, name="exp_weighted", **kw
         ),
+        "blend": evaluate_retrieval(blend, test, raw, name="blend", **kw),
     }
     best_epochs = {}
     for name, (run_dir, _) in runs.items():
@@ -313,6 +321,7 @@ def main() -> None:
         "test_pairs": len(test),
         "results": {k: r.to_dict() for k, r in results.items()},
         "comparisons": {m: [c.to_dict() for c in cs] for m, cs in comparisons.items()},
+        "blend": blend.fit_info.to_dict(),
         "best_epochs": best_epochs,
         "train_seconds": {k: round(v[1], 1) for k, v in runs.items()},
         "mining": mining,

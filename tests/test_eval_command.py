@@ -73,7 +73,8 @@ def test_baseline_copy_last_metrics_json_and_brute_force(trained, tmp_path):
     out = tmp_path / "ev"
     o = run_eval("baseline:copy_last", bank, ctx=CTX, out=out, latency_n=5)
     data = json.loads((out / "metrics.json").read_text())
-    assert set(data["results"]) == {"copy_last", "mean_ctx", "exp_weighted", "ridge", "oracle"}
+    assert set(data["results"]) == {"copy_last", "mean_ctx", "exp_weighted", "ridge", "blend", "oracle"}
+    assert data["fitted"]["blend"]["tuned_on"] == "val"
     assert data["primary"] == "copy_last" and data["split"] == "test" and data["gates"] is None
     assert {"p50_ms", "p95_ms", "p99_ms", "qps"} <= set(data["latency"])
     for key in (

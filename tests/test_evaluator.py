@@ -285,7 +285,7 @@ def test_measure_latency_smoke(bank, windows):
 def test_suite_runs_baselines_and_oracle_on_the_same_windows(bank, windows):
     model = MeanModule()
     suite = evaluate_suite({"mean_module": model}, windows, bank, train_windows=windows, n_boot=100)
-    assert list(suite) == ["mean_module", "copy_last", "mean_ctx", "exp_weighted", "ridge", "oracle"]
+    assert list(suite) == ["mean_module", "copy_last", "mean_ctx", "exp_weighted", "ridge", "blend", "oracle"]
     assert suite.skipped == {}
     # the built-in copy_last equals the brute-force copy-last above
     ranks = brute_ranks(bank, all_predictions(windows, copy_last), windows.targets, exclude=True)
@@ -296,7 +296,8 @@ def test_suite_runs_baselines_and_oracle_on_the_same_windows(bank, windows):
     )
     assert suite["oracle"].metrics["hit@1"] == 1.0
     (c,) = suite.comparisons
-    best = max(("copy_last", "mean_ctx", "exp_weighted", "ridge"), key=lambda b: suite[b].metrics["hit@5"])
+    baselines = ("copy_last", "mean_ctx", "exp_weighted", "ridge", "blend")
+    best = max(baselines, key=lambda b: suite[b].metrics["hit@5"])
     assert c.baseline == best and c.metric == "hit@5"
     assert c.diff == pytest.approx(suite["mean_module"].metrics["hit@5"] - suite[best].metrics["hit@5"])
     assert c.lo <= c.diff <= c.hi
@@ -311,6 +312,7 @@ def test_suite_runs_baselines_and_oracle_on_the_same_windows(bank, windows):
 def test_suite_without_train_windows_skips_ridge_with_reason(bank, windows):
     suite = evaluate_suite({}, windows, bank, n_boot=0)
     assert "ridge" not in suite and "training windows" in suite.skipped["ridge"]
+    assert "blend" not in suite and "val_windows" in suite.skipped["blend"]
     assert "ridge skipped" in format_table(suite)
     with pytest.raises(ConfigError, match="collide"):
         evaluate_suite({"copy_last": copy_last}, windows, bank)

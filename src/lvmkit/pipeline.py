@@ -81,7 +81,8 @@ def compare_runs(
 
     All runs must share the bank, the split (same article assignment) and the window settings (ctx, min_ctx,
     pad, stride): otherwise their numbers are not comparable and this raises ConfigError naming the run.
-    Ridge is fitted on the runs' train windows. Returns the suite and a small info dict.
+    Ridge is fitted on the runs' train windows, the blend tuned on their val windows. Returns the suite and a
+    small info dict.
     """
     if not run_dirs:
         raise ConfigError("compare_runs needs at least one run directory")
@@ -108,8 +109,10 @@ def compare_runs(
     windows = make_windows(bank, sp, split, d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
     windows = windows.sample(max_queries, seed + 2)
     train = make_windows(bank, sp, "train", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
+    val = make_windows(bank, sp, "val", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
+    val = val.sample(d.max_eval_queries, c0.seed + 1)  # the runs' own val sample (lvm_task.from_config)
     models = {name: load_model(r.best, bank=bank)[0] for name, r in runs.items()}
-    suite = evaluate_suite(models, windows, bank, train_windows=train, seed=seed)
+    suite = evaluate_suite(models, windows, bank, train_windows=train, val_windows=val, seed=seed)
     info = {
         "split": split,
         "n_queries": len(windows),

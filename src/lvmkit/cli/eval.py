@@ -15,7 +15,7 @@ def eval_command(
     target: str = typer.Argument(
         ...,
         help="A run directory, a checkpoint (.pt), baseline:NAME (copy_last, mean_ctx, exp_weighted, "
-        "ridge, oracle), or a cascade config (.yaml: per-stage Contain@K, R@k, latency, ablation).",
+        "ridge, blend, oracle), or a cascade config (.yaml: per-stage Contain@K, R@k, latency, ablation).",
         show_default=False,
     ),
     bank: Path | None = typer.Option(
@@ -76,8 +76,8 @@ def eval_command(
     """Score a run, checkpoint or baseline by full-bank search, beside every baseline.
 
     On the chosen split's windows: Hit@1/5/10/50, Contain@50, Eff@5, MRR@10, cosine, contrastive accuracy,
-    offset sweep and latency, beside copy_last, mean_ctx, exp_weighted, ridge and the oracle, with 95% bootstrap
-    intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
+    offset sweep and latency, beside copy_last, mean_ctx, exp_weighted, ridge, the tuned blend (w and alpha
+    chosen on val windows) and the oracle, with 95% bootstrap intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
 
     Example: lvmkit eval runs/gru --bank banks/enwiki --split test --gates gates.yaml
     Cascade: lvmkit eval configs/cascade_heuristic.yaml --gates configs/cascade_gates.yaml

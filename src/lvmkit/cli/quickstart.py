@@ -33,7 +33,7 @@ def quickstart(
 
     Steps (each is a command you can run yourself; re-running the quickstart resumes finished steps):
     ingest -> index -> a few searches -> train amn and gru -> evaluate both beside every baseline (copy_last,
-    mean_ctx, exp_weighted, ridge, oracle) on the held-out test articles, searching the full bank -> HTML report.
+    mean_ctx, exp_weighted, ridge, blend, oracle) on the held-out test articles, searching the full bank -> HTML report.
 
     Example: lvmkit quickstart --out quickstart_out
     """

@@ -7,7 +7,7 @@
 Steps, each refusing what would make the numbers meaningless:
 
 1. resolve the target: a run directory (its best.pt, else last.pt), a checkpoint file, or ``baseline:NAME``
-   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``oracle``);
+   (``copy_last``, ``mean_ctx``, ``exp_weighted``, ``ridge``, ``blend``, ``oracle``);
 2. provenance: a model trained on a bank from another encoder or dimension is refused (ProvenanceError
    naming both encoders). A bank with the same encoder but other contents is allowed (generalisation to
    another corpus); its split is then made from the run's (ratios, seed), which keeps every article the run
@@ -15,7 +15,8 @@ Steps, each refusing what would make the numbers meaningless:
 3. the split: ``--split-file``, else the run's split.json when the bank is the run's bank (Split.load refuses
    a split made for another bank), else a fresh ``make_split``;
 4. windows: the run's data settings (ctx, stride, min_ctx, pad) and its deterministic query sample, so
-   ``lvmkit eval RUN`` on the test split scores the same windows as the run's final evaluation;
+   ``lvmkit eval RUN`` on the test split scores the same windows as the run's final evaluation; ridge is
+   fitted on the train windows and the blend's (w, alpha) chosen on the val windows (``val_windows``);
 5. ``evaluate_suite`` (full-bank search, intervals, paired comparison with the best baseline) and
    ``measure_latency`` on the target;
 6. gates (``lvmkit.eval.gates``) on the target's metrics plus latency (``p50_ms``, ``p95_ms``, ``qps``, ...);
@@ -52,6 +53,7 @@ from lvmkit.eval.evaluator import (
 from lvmkit.eval.gates import GateReport, check_gates, load_gates
 from lvmkit.eval.latency import LatencyResult, measure_latency
 from lvmkit.eval.protocol import DESCRIPTION, OPEN, check_protocol
+from lvmkit.eval.tuning import fit_blend
 
 BASELINE_PREFIX = "baseline:"
 DEFAULT_MAX_QUERIES = 10_000
@@ -94,7 +96,7 @@ def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Modu
 
 def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
     """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
-    from lvmkit.train.twotower_task import load_query_tower
+    from lvmkit.tasks.twotower.task import load_query_tower
 
     return load_query_tower(ckpt, path)
 
@@ -219,6 +221,16 @@ def build_windows(
     return windows, (train if len(train) else None), wkw, cap, query_seed
 
 
+def val_windows(
+    target: Target, bank: VectorBank, split: Split, wkw: dict[str, Any], base_seed: int
+) -> WindowSet | None:
+    """The val windows the blend baseline is tuned on: the run's val sample (``max_eval_queries``, the
+    trainer's seed) for a run, else up to 2,000 with the same window settings as the queries."""
+    cap = target.config.data.max_eval_queries if target.config is not None else 2000
+    ws = make_windows(bank, split, "val", **wkw).sample(cap, base_seed + SPLIT_SEED_OFFSET["val"])
+    return ws if len(ws) else None
+
+
 # ------------------------------------------------------------------------------------------- the outcome
 @dataclass
 class EvalOutcome:
@@ -298,6 +310,7 @@ def run_eval(
 
     windows, train, wkw, cap, query_seed = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     base_seed = query_seed - SPLIT_SEED_OFFSET[split]
+    val = val_windows(t, bank, sp, wkw, base_seed)
 
     def stage(name: str):
         return None if progress is None else (lambda done, total: progress(name, done, total))
@@ -308,6 +321,7 @@ def run_eval(
         windows,
         bank,
         train_windows=train,
+        val_windows=val,
         index=index,
         nprobe=nprobe,
         exclude_context=exclude_context,
@@ -327,7 +341,7 @@ def run_eval(
             progress("timing", 0, 1)
         predictor = t.predictor
         if t.kind == "baseline":
-            predictor = _baseline_predictor(t.name, bank.dim, train)
+            predictor = _baseline_predictor(t.name, bank, train, val)
         latency = measure_latency(
             predictor, windows, bank, n=latency_n, exclude_context=exclude_context, index=index, nprobe=nprobe
         )
@@ -379,14 +393,18 @@ def run_eval(
     return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info)
 
 
-def _baseline_predictor(name: str, dim: int, train: WindowSet | None):
+def _baseline_predictor(name: str, bank: VectorBank, train: WindowSet | None, val: WindowSet | None):
     from lvmkit.models import build_model
 
     if name == ORACLE:
         return oracle
     if name == "ridge":
-        return fit_ridge(train, dim)
-    return build_model(name, dim, **BASELINES[name])
+        return fit_ridge(train, bank.dim)
+    if name == "blend":
+        return fit_blend(
+            val if val is not None else train, bank, tuned_on="val" if val is not None else "train"
+        )
+    return build_model(name, bank.dim, **BASELINES[name])
 
 
 def _describe_model(t: Target) -> str:

@@ -9,8 +9,9 @@ window's target chunk id. The window's own context rows are excluded from the ca
 (they are the easiest wrong answers and say nothing about prediction); the same search also yields the
 ranking with them left in, so both are reported and the flag says which one ``hit@k`` means. Every rate
 comes with a 95% bootstrap interval over queries, and ``evaluate_suite`` puts each model beside the
-baselines (copy-last, mean of context, exponentially weighted context, ridge) and the oracle, on the
-same windows, with a paired interval on the difference to the best baseline.
+baselines (copy-last, mean of context, exponentially weighted context, ridge, the tuned blend of last and
+exp-weighted) and the oracle, on the same windows, with a paired interval on the difference to the best
+baseline, and on the difference to every baseline at every Hit@k (``SuiteResult.all_comparisons``).
 
 Metric names (the keys of ``EvalResult.metrics``, usable in gates):
     hit@k            R@k: truth among the top k (context excluded if ``exclude_context``), for k in ``ks``
@@ -51,7 +52,9 @@ BASELINES: dict[str, dict[str, Any]] = {
     "mean_ctx": {},
     "exp_weighted": {"alpha": 0.1},
     "ridge": {},
+    "blend": {},  # w and alpha chosen on val windows (lvmkit.eval.tuning), like ridge fitted on non-test data
 }
+FITTED_BASELINES = ("ridge", "blend")
 ORACLE = "oracle"
 
 Progress = Callable[[int, int], None]  # progress(done, total), called after each batch
@@ -422,12 +425,20 @@ class Comparison:
 
 class SuiteResult(Mapping):
     """``{name: EvalResult}`` for the models, the baselines and the oracle, plus ``comparisons`` (each model
-    vs the best baseline, paired) and ``skipped`` ({name: reason})."""
+    vs the best baseline on ``compare_on``, paired), ``all_comparisons`` (each model vs every baseline at
+    every Hit@k), ``skipped`` ({name: reason}) and ``fitted`` ({baseline: how it was fitted})."""
 
     def __init__(
-        self, results: dict[str, EvalResult], comparisons: list[Comparison], skipped: dict[str, str]
+        self,
+        results: dict[str, EvalResult],
+        comparisons: list[Comparison],
+        skipped: dict[str, str],
+        all_comparisons: list[Comparison] | None = None,
+        fitted: dict[str, dict[str, Any]] | None = None,
     ):
         self.results, self.comparisons, self.skipped = results, comparisons, skipped
+        self.all_comparisons = all_comparisons or []
+        self.fitted = fitted or {}
 
     def __getitem__(self, name: str) -> EvalResult:
         return self.results[name]
@@ -442,7 +453,9 @@ class SuiteResult(Mapping):
         return {
             "results": {k: v.to_dict() for k, v in self.results.items()},
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "all_comparisons": [c.to_dict() for c in self.all_comparisons],
             "skipped": self.skipped,
+            "fitted": self.fitted,
         }
 
 
@@ -460,54 +473,117 @@ def fit_ridge(train_windows, dim: int, max_train: int = 20_000, seed: int = 0):
     return model
 
 
+def fit_baselines(
+    bank: VectorBank, train_windows=None, val_windows=None, ridge_max_train: int = 20_000, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, Any]]]:
+    """Every baseline as a predictor: ``(predictors, skipped {name: reason}, fitted {name: how})``.
+
+    ridge is fitted on ``train_windows``; blend's (w, alpha) are chosen on ``val_windows`` (on
+    ``train_windows`` when no val windows are given). Neither ever sees the windows being evaluated.
+    """
+    from lvmkit.eval.tuning import fit_blend
+    from lvmkit.models import build_model
+
+    predictors: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    fitted: dict[str, dict[str, Any]] = {}
+    for ws in (train_windows, val_windows):
+        if getattr(ws, "bank", None) is not None:
+            from lvmkit.bank.manifest import check_same_space
+
+            check_same_space(ws.bank.encoder, bank.encoder, "the fitting windows' bank", "the eval bank")
+    for name, kw in BASELINES.items():
+        if name == "ridge":
+            if train_windows is None:
+                skipped[name] = "no train_windows given (ridge must be fitted on training windows)"
+                continue
+            predictors[name] = fit_ridge(train_windows, bank.dim, ridge_max_train, seed)
+            n_fit = min(len(train_windows), ridge_max_train)
+            fitted[name] = {"fitted_on": "train", "n_windows": n_fit, **predictors[name].spec}
+        elif name == "blend":
+            tune_on, where = (val_windows, "val") if val_windows is not None else (train_windows, "train")
+            if tune_on is None:
+                skipped[name] = "no val_windows (or train_windows) given to choose w and alpha on"
+                continue
+            predictors[name] = fit_blend(tune_on, bank, seed=seed, tuned_on=where)
+            fitted[name] = predictors[name].fit_info.to_dict()
+        else:
+            predictors[name] = build_model(name, bank.dim, **kw)
+    return predictors, skipped, fitted
+
+
+def compare_all(
+    results: Mapping[str, EvalResult], models, baselines, metrics, n_boot: int, seed: int
+) -> list[Comparison]:
+    """Paired differences of every model against every baseline on every metric (same windows)."""
+    out = []
+    for name in models:
+        for b in baselines:
+            for m in metrics:
+                d, lo, hi = paired_diff_ci(
+                    results[name].per_query[m], results[b].per_query[m], n_boot=n_boot, seed=seed
+                )
+                out.append(Comparison(name, b, m, d, lo, hi))
+    return out
+
+
 def evaluate_suite(
     models: Mapping[str, Any],
     windows,
     bank: VectorBank,
     train_windows=None,
     *,
+    val_windows=None,
     ridge_max_train: int = 20_000,
     compare_on: str = "hit@5",
     **kwargs,
 ) -> SuiteResult:
     """Evaluate the named models AND the baselines and the oracle on the same windows (see ``evaluate``
-    for ``kwargs``). Ridge is fitted on ``train_windows`` and skipped, with the reason recorded, without
-    them. Each model is compared with the best baseline on ``compare_on`` by a paired bootstrap."""
-    from lvmkit.models import build_model
-
+    for ``kwargs``). Ridge is fitted on ``train_windows``, the blend tuned on ``val_windows`` (see
+    ``fit_baselines``); a baseline that cannot be fitted is skipped with the reason recorded. Each model is
+    compared with the best baseline on ``compare_on``, and with every baseline on every Hit@k, by a paired
+    bootstrap."""
     clash = sorted(set(models) & (set(BASELINES) | {ORACLE}))
     if clash:
         raise ConfigError(f"model name(s) {clash} collide with the built-in baselines; rename them")
     seed = int(kwargs.get("seed", 0))
-    predictors: dict[str, Any] = dict(models)
-    skipped: dict[str, str] = {}
-    for name, kw in BASELINES.items():
-        if name == "ridge":
-            if train_windows is None:
-                skipped[name] = "no train_windows given (ridge must be fitted on training windows)"
-                continue
-            if getattr(train_windows, "bank", None) is not None:
-                from lvmkit.bank.manifest import check_same_space
-
-                check_same_space(
-                    train_windows.bank.encoder, bank.encoder, "train_windows' bank", "the eval bank"
-                )
-            predictors[name] = fit_ridge(train_windows, bank.dim, ridge_max_train, seed)
-        else:
-            predictors[name] = build_model(name, bank.dim, **kw)
-    predictors[ORACLE] = oracle
+    baseline_predictors, skipped, fitted = fit_baselines(
+        bank, train_windows, val_windows, ridge_max_train, seed
+    )
+    predictors: dict[str, Any] = {**models, **baseline_predictors, ORACLE: oracle}
 
     results = {name: evaluate(p, windows, bank, name=name, **kwargs) for name, p in predictors.items()}
     baselines = [b for b in BASELINES if b in results]
     best = max(baselines, key=lambda b: results[b].metrics[compare_on])
     n_boot = int(kwargs.get("n_boot", 1000)) or 1000  # the comparison needs its interval even with n_boot=0
-    comparisons = []
-    for name in models:
-        d, lo, hi = paired_diff_ci(
-            results[name].per_query[compare_on], results[best].per_query[compare_on], n_boot=n_boot, seed=seed
-        )
-        comparisons.append(Comparison(name, best, compare_on, d, lo, hi))
-    return SuiteResult(results, comparisons, skipped)
+    comparisons = compare_all(results, models, [best], [compare_on], n_boot, seed)
+    ks = tuple(sorted({int(k) for k in kwargs.get("ks", (1, 5, 10, 50))}))
+    every = compare_all(results, models, baselines, [f"hit@{k}" for k in ks], n_boot, seed)
+    return SuiteResult(results, comparisons, skipped, every, fitted)
+
+
+def format_comparisons(suite: SuiteResult) -> str:
+    """A Markdown table per model: its paired difference (points, 95% CI) to every baseline at every Hit@k;
+    ``+`` marks a CI above 0, ``-`` one below 0."""
+    lines: list[str] = []
+    for model in dict.fromkeys(c.model for c in suite.all_comparisons):
+        rows = [c for c in suite.all_comparisons if c.model == model]
+        metrics = list(dict.fromkeys(c.metric for c in rows))
+        lines += [
+            f"{model} minus each baseline (points of the metric, paired 95% CI; + better, - worse):",
+            "",
+            "| baseline | " + " | ".join(metrics) + " |",
+            "|---|" + "---:|" * len(metrics),
+        ]
+        for b in dict.fromkeys(c.baseline for c in rows):
+            cells = []
+            for m in metrics:
+                c = next(x for x in rows if x.baseline == b and x.metric == m)
+                mark = {"better": " +", "worse": " -"}.get(c.verdict, "")
+                cells.append(f"{100 * c.diff:+.1f} ({100 * c.lo:+.1f}..{100 * c.hi:+.1f}){mark}")
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -558,10 +634,18 @@ def format_table(results: Mapping[str, EvalResult]) -> str:
         f"{where.capitalize()} (bank {i['bank_id']}, {i['index']} index{nprobe}); "
         f"context rows {excl}; CA in batches of {i['ca_batch']}; rates in %, 95% bootstrap intervals.",
     ]
+    blend = getattr(results, "fitted", {}).get("blend")
+    if blend:
+        lines.append(
+            f"- blend: w={blend['w']:g}, alpha={blend['alpha']:g}, chosen on {blend['n_windows']} "
+            f"{blend['tuned_on']} windows by {blend['criterion']}"
+        )
     for c in getattr(results, "comparisons", []):
         lines.append(f"- {c.describe()}")
     for name, why in getattr(results, "skipped", {}).items():
         lines.append(f"- {name} skipped: {why}")
+    if getattr(results, "all_comparisons", None):
+        lines += ["", format_comparisons(results)]
     return "\n".join(lines)
 
 

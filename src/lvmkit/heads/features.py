@@ -117,7 +117,7 @@ def load_source(spec: str, bank: VectorBank, *, ctx: int = 5, head: str | None =
             )
         if head is not None:
             raise ConfigError(f"head {head!r} applies to a run, not to {spec}")
-        return QuerySource(spec, t.name, _baseline_predictor(t.name, bank.dim, None), ctx, t)
+        return QuerySource(spec, t.name, _baseline_predictor(t.name, bank, None, None), ctx, t)
     if head is not None:
         from lvmkit.heads.align import attach_head
 

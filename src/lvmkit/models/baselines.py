@@ -3,6 +3,8 @@
     copy_last      ctx[:, -1]                       (the next sentence resembles the last one)
     mean_ctx       masked mean of the context
     exp_weighted   sum_t w_t ctx_t / sum_t w_t,  w_t = alpha (1 - alpha)^(T-1-t) over real positions
+    blend          w ctx[:, -1] + (1 - w) exp_weighted(alpha), normalised; w and alpha are chosen on the val
+                   split by a small grid (``lvmkit.eval.tuning.tune_blend``)
     ridge          a closed-form linear map from context features to the target, fitted on training windows
 
 None has trainable parameters (``trainable = False``). Ridge is *fitted*: call ``fit(ctx, mask, target)``
@@ -69,6 +71,38 @@ class ExpWeighted(LVM):
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         return exp_weighted_mean(ctx, mask, self.alpha)
+
+
+def blend_query(ctx: Tensor, mask: Tensor | None, w: float | Tensor, alpha: float | Tensor) -> Tensor:
+    """[B, d]: ``w * ctx[:, -1] + (1 - w) * exp_weighted_mean(ctx, mask, alpha)`` (unnormalised)."""
+    return w * ctx[:, -1] + (1.0 - w) * exp_weighted_mean(ctx, mask, alpha)
+
+
+def check_weight(w: float, name: str) -> float:
+    if not 0.0 <= float(w) <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {w}")
+    return float(w)
+
+
+class Blend(LVM):
+    """The tuned blend of copy_last and exp_weighted: ``normalize(w last + (1 - w) exp_weighted(alpha))``.
+
+    ``w`` and ``alpha`` are plain options: the evaluator chooses them on the val split
+    (``lvmkit.eval.tuning.fit_blend``) and builds this model with the chosen pair.
+    """
+
+    trainable = False
+
+    def __init__(self, dim: int, delta: bool = False, w: float = 0.5, alpha: float = 0.1):
+        super().__init__(dim, delta)
+        self.w = check_weight(w, "blend w")
+        self.alpha = check_alpha(alpha, "blend alpha")
+
+    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+        return blend_query(ctx, mask, self.w, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w={self.w}, alpha={self.alpha}"
 
 
 RIDGE_FEATURES = ("auto", "flat", "pooled")

@@ -14,7 +14,7 @@ from torch import nn
 
 from lvmkit.errors import ConfigError
 from lvmkit.models.amn import AMN
-from lvmkit.models.baselines import CopyLast, ExpWeighted, MeanCtx, Ridge
+from lvmkit.models.baselines import Blend, CopyLast, ExpWeighted, MeanCtx, Ridge
 from lvmkit.models.mamba import Mamba
 from lvmkit.models.rnn import GRU, LSTM, HierarchicalGRU, MemoryGRU
 from lvmkit.models.towers import BiGRUPool, TransformerPool
@@ -25,6 +25,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "mean_ctx": MeanCtx,
     "exp_weighted": ExpWeighted,
     "ridge": Ridge,
+    "blend": Blend,
     "amn": AMN,
     "gru": GRU,
     "lstm": LSTM,
@@ -37,7 +38,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "transformer_pool": TransformerPool,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
-BASELINE_NAMES: tuple[str, ...] = ("copy_last", "mean_ctx", "exp_weighted", "ridge")
+BASELINE_NAMES: tuple[str, ...] = ("copy_last", "mean_ctx", "exp_weighted", "ridge", "blend")
 
 
 def model_options(name: str) -> dict[str, Any]:

@@ -24,7 +24,13 @@ matplotlib.use("Agg")  # before pyplot: render to memory, never to a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-BASELINE_STYLE = {"copy_last": "--", "mean_ctx": ":", "exp_weighted": "-.", "ridge": (0, (5, 1, 1, 1))}
+BASELINE_STYLE = {
+    "copy_last": "--",
+    "mean_ctx": ":",
+    "exp_weighted": "-.",
+    "ridge": (0, (5, 1, 1, 1)),
+    "blend": (0, (1, 1)),
+}
 DPI = 110
 
 

@@ -203,7 +203,12 @@ class LVMTask(SamplerEpochs):
         """The model (best checkpoint) beside every baseline on the test windows -> metrics.json/.md."""
         name = self.cfg.model.name
         suite = evaluate_suite(
-            {name: self.model}, self.test, self.bank, train_windows=self.train, seed=self.cfg.seed
+            {name: self.model},
+            self.test,
+            self.bank,
+            train_windows=self.train,
+            val_windows=self.val,
+            seed=self.cfg.seed,
         )
         info = {
             "split": "test",
