@@ -27,22 +27,11 @@ def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def random_walk(n_articles: int, length: int, dim: int, seed: int = 0, step: float = 0.6) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_articles):
-        x = rng.standard_normal(dim)
-        for _ in range(length):
-            x = unit(x + step * rng.standard_normal(dim))
-            rows.append(x)
-    return np.asarray(rows, dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
-    from conftest import build_bank
+    from conftest import build_bank, random_walk_vectors
 
-    return build_bank(tmp_path_factory.mktemp("cascade"), [12] * 60, vectors=random_walk(60, 12, 16))
+    return build_bank(tmp_path_factory.mktemp("cascade"), [12] * 60, vectors=random_walk_vectors(60, 12, 16))
 
 
 def config(bank, stages, **kw):

@@ -110,25 +110,13 @@ def test_article_features_never_in_an_open_pool(bank, tmp_path):
     assert not any(tmp_path.glob("**/reranker-*"))
 
 
-def random_walk(n_articles: int, length: int, dim: int, step: float = 0.6) -> np.ndarray:
-    """Each chunk is the previous one plus noise, normalised: the next chunk is near the last (and the mean)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for _ in range(n_articles):
-        x = rng.standard_normal(dim)
-        for _ in range(length):
-            x = unit(x + step * rng.standard_normal(dim))
-            rows.append(x)
-    return np.asarray(rows, dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Open and in-article rerankers on a bank where chunk t+1 is close to chunk t (baselines as sources)."""
-    from conftest import build_bank
+    from conftest import build_bank, random_walk_vectors
 
     root = tmp_path_factory.mktemp("rerank")
-    bank = build_bank(root, [12] * 60, vectors=random_walk(60, 12, 16))
+    bank = build_bank(root, [12] * 60, vectors=random_walk_vectors(60, 12, 16))
     kw = dict(retriever="baseline:exp_weighted", k=10, ctx=CTX, max_train=300, max_val=100, max_test=150)
     return (
         bank,

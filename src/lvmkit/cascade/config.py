@@ -19,10 +19,8 @@ k never grows. Errors name the field: an unknown stage, a k larger than the prev
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lvmkit.errors import ConfigError
@@ -143,16 +141,6 @@ def cascade_from_dict(raw: Any, source: str = "cascade config") -> CascadeConfig
 
 def load_cascade(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> CascadeConfig:
     """Read a cascade YAML and apply ``key=value`` overrides (``stages.1.k=20``)."""
-    from lvmkit.train.config import apply_override, parse_override
+    from lvmkit.train.config import read_yaml_config
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"cascade config {path} does not exist (see configs/cascade_*.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    for text in overrides:
-        keys, value = parse_override(text)
-        apply_override(raw, keys, value)
-    return cascade_from_dict(raw, str(path))
+    return cascade_from_dict(read_yaml_config(path, overrides, "cascade config"), str(path))
