@@ -49,4 +49,12 @@ if step cascade; then   # two small runs on the bank (budgets in README), then h
       --set model.kwargs.hidden=128 --set twotower.memory=20000 --set final_eval=false
   $PY benchmarks/bench_cascade.py --bank $BANK --lvm $CR/gru --twotower $CR/tt --work benchmarks/work/cascade \
       --queries 1500 --rerank-train 1500 --lanes-from /work/qs/bank   # any bank with topic labels (quickstart's)
+QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
+if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
+  $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
+fi
+if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 4 --warmup 20 \
+      --runs /tmp/experts-bench-long --out benchmarks/results/experts_long.json
 fi

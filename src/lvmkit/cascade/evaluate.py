@@ -33,9 +33,9 @@ from lvmkit.eval import metrics as M
 from lvmkit.eval.protocol import DESCRIPTION, OPEN
 from lvmkit.heads.features import QueryBatch, load_source
 from lvmkit.heads.reranker import single_thread
+from lvmkit.tasks.base import SEED_OFFSET
 
 BASELINE_SOURCES = ("copy_last", "mean_ctx", "exp_weighted")
-SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 def padded(ids: np.ndarray, depth: int = 50) -> np.ndarray:
@@ -158,7 +158,7 @@ def _windows(cfg: CascadeConfig, bank: VectorBank, stages: list[Stage]):
     min_ctx = cfg.min_ctx or min(s.ctx for s in sources)
     split = make_split(bank, ratios=cfg.split_ratios, seed=cfg.split_seed)
     ws = make_windows(bank, split, cfg.split, ctx=ctx, min_ctx=min(min_ctx, ctx), pad=True)
-    ws = ws.sample(cfg.max_queries, cfg.seed + SPLIT_SEED_OFFSET[cfg.split])
+    ws = ws.sample(cfg.max_queries, cfg.seed + SEED_OFFSET[cfg.split])
     if len(ws) == 0:
         from lvmkit.errors import ConfigError
 

@@ -134,10 +134,15 @@ def eval_command(
 
     info = outcome.info
     console.print(
-        f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} windows of "
+        f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} {info['unit']} of "
         f"{escape(info['bank'])} ({escape(info['encoder'])}); protocol [bold]{info['protocol']}[/bold]"
     )
-    console.print(results_table(outcome.suite, outcome.target.name))
+    if outcome.target.live:
+        err_console.print(
+            f"[yellow]{escape(str(outcome.target.spec))} is {escape(outcome.target.live)}: these are the numbers "
+            f"of its {outcome.target.checkpoint.name} now, and they will change[/yellow]"
+        )
+    console.print(results_table(outcome.suite, outcome.target.name, outcome.columns))
     print_comparisons(outcome.suite)
     for name, why in outcome.suite.skipped.items():
         err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
@@ -171,43 +176,37 @@ def print_comparisons(suite) -> None:
         console.print(c.describe(verdict="[bold]{}[/bold]"))
 
 
-def results_table(suite, primary: str):
+def results_table(suite, primary: str, columns: tuple[str, ...] | None = None):
     """A compact rich table of the suite (rates in %; the full table with every interval is in metrics.md):
-    the target's row in bold, the oracle dimmed, hit@5's 95% interval in its own column."""
+    the target's row in bold, the oracle dimmed, the compared metric's 95% interval in its own column.
+    ``columns``: the task's table columns (default: the LVM's)."""
     from rich.table import Table
 
-    cols = [
-        "hit@1",
-        "hit@5",
-        "hit@5 95% CI",
-        "hit@10",
-        "hit@50",
-        "contain@50",
-        "eff@5",
-        "mrr@10",
-        "cos",
-        "margin",
-    ]
+    from lvmkit.eval.evaluator import RATE_PREFIXES
+
+    compared = suite.comparisons[0].metric if suite.comparisons else "hit@5"
+    default = ("hit@1", "hit@5", "hit@10", "hit@50", "contain@50", "eff@5", "mrr@10", "cos")
+    cols = [c for c in (columns or default) if any(c in r.metrics for r in suite.values())]
+    cols = [c for c in cols if c not in ("ca_inbatch", "ca_other")]
     table = Table(show_lines=False, pad_edge=False)
     table.add_column("model", no_wrap=True)
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
+        if c == compared:
+            table.add_column(f"{c} 95% CI", justify="right", no_wrap=True)
+    table.add_column("margin", justify="right", no_wrap=True)
     for name, r in suite.items():
         m = r.metrics
-        lo, hi = r.intervals.get("hit@5", (float("nan"), float("nan")))
-        margin = f"{m['offset_margin']:+.3f}" + (" [red]collapse[/red]" if r.info.get("collapse") else "")
-        cells = [
-            f"{100 * m['hit@1']:.1f}",
-            f"{100 * m['hit@5']:.1f}",
-            f"{100 * lo:.1f}-{100 * hi:.1f}",
-            f"{100 * m['hit@10']:.1f}",
-            f"{100 * m['hit@50']:.1f}",
-            f"{100 * m['contain@50']:.1f}",
-            f"{100 * m['eff@5']:.1f}",
-            f"{m['mrr@10']:.3f}",
-            f"{m['cos']:.3f}",
-            margin,
-        ]
+        cells = []
+        for c in cols:
+            scale, fmt = (100, "{:.1f}") if c.startswith(RATE_PREFIXES) else (1, "{:.3f}")
+            cells.append(fmt.format(scale * m[c]) if c in m else "")
+            if c == compared:
+                lo, hi = r.intervals.get(c, (float("nan"), float("nan")))
+                cells.append(f"{fmt.format(scale * lo)}-{fmt.format(scale * hi)}")
+        cells.append(
+            f"{m['offset_margin']:+.3f}" + (" [red]collapse[/red]" if r.info.get("collapse") else "")
+        )
         style = "bold" if name == primary else ("dim" if name == "oracle" else None)
         table.add_row(name, *cells, style=style)
     return table

@@ -30,6 +30,12 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start over: delete the run already in --out (its checkpoints, history, metrics) and train anew. "
+        "Not needed to restart a run that failed before its first checkpoint.",
+    ),
     detach: bool = typer.Option(
         False, "--detach", help="Run in the background (RUN/stdout.log, RUN/train.pid); returns at once."
     ),
@@ -48,20 +54,26 @@ def train(
     """
     from lvmkit.errors import ConfigError
     from lvmkit.train.config import load_config
+    from lvmkit.train.loop import check_run
     from lvmkit.train.loop import train as run_training
-    from lvmkit.train.runs import RunPaths, launch_detached, lock_run
+    from lvmkit.train.runs import RunPaths, failed_before_checkpoint, holds_run, launch_detached, lock_run
 
     run = RunPaths(out)
     if config is None and resume:
         config = run.config
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
     if detach:
-        if not resume and (run.status.exists() or run.last.exists()):
-            raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
-        lock_run(run).release()  # a run being trained is refused here, not later in the background
+        check_run(cfg)  # a bad bank, model or window setting is refused here, not later in the background
+        with lock_run(run):  # a run being trained is refused here too
+            if not resume and holds_run(run) and not (overwrite or failed_before_checkpoint(run)):
+                raise ConfigError(
+                    f"{out} already holds a run; continue it with --resume, start it over with --overwrite, "
+                    "or choose another --out"
+                )
         argv = ([str(config)] if config is not None else []) + ["--out", str(out), "--quiet"]
         argv = ["train", *argv]
         argv += [f"--set={o}" for o in overrides] + (["--resume"] if resume else [])
+        argv += ["--overwrite"] if overwrite else []
         pid = launch_detached(argv, out)
         console.print(f"started pid {pid} in the background; output in {run.stdout}")
         console.print(f"follow it with: lvmkit runs status {out}")
@@ -85,7 +97,7 @@ def train(
             _print_epoch(info, cfg.early_stopping.metric)
 
     try:
-        status = run_training(cfg, out, resume=resume, on_event=on_event)
+        status = run_training(cfg, out, resume=resume, overwrite=overwrite, on_event=on_event)
     finally:
         if progress is not None:
             progress.stop()

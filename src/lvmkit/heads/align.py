@@ -189,7 +189,8 @@ def fit_alignment(
     if not alphas or min(alphas) < 0:
         raise ConfigError(f"alphas must be non-negative numbers, got {alphas}")
     sp, split_source = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    val, train, _, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0)
+    val, fit_on, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0, fit=("train",))
+    train = fit_on.get("train")
     if train is None:
         raise ConfigError(
             f"the train split of {bank.path} has no windows for {run}: nothing to fit a head on"
@@ -255,19 +256,18 @@ def evaluate_heads(
 ):
     """The run, the run + each head, and the baselines (ridge and blend fitted as ``lvmkit eval`` fits them) on
     the same test windows under ``protocol``: a ``SuiteResult``."""
-    from lvmkit.eval.command import SPLIT_SEED_OFFSET, build_windows, resolve_split, val_windows
+    from lvmkit.eval.command import build_windows, resolve_split
     from lvmkit.eval.evaluator import evaluate_suite
 
     t = fit.info["target"]
     sp, _ = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    test, train, wkw, _, seed = build_windows(t, bank, sp, "test", max_queries, 5, 0)
-    base = seed - SPLIT_SEED_OFFSET["test"]
+    test, fit_on, cfg, _ = build_windows(t, bank, sp, "test", max_queries, 5, 0)
     models = {
         t.name: t.predictor,
         **{f"{t.name}+{k}": AlignedModel(t.predictor, h) for k, h in fit.heads.items()},
     }
     return evaluate_suite(
-        models, test, bank, train_windows=train, val_windows=val_windows(t, bank, sp, wkw, base), seed=base,
+        models, test, bank, train_windows=fit_on.get("train"), val_windows=fit_on.get("val"), seed=cfg.seed,
         protocol=protocol, index=index, nprobe=nprobe, n_boot=n_boot, progress=progress,
     )  # fmt: skip
 

@@ -107,7 +107,7 @@ class QuerySource:
 def load_source(spec: str, bank: VectorBank, *, ctx: int = 5, head: str | None = None) -> QuerySource:
     """``baseline:NAME`` (copy_last, mean_ctx, exp_weighted; reads ``ctx`` chunks) or a run directory / checkpoint
     (reads its own data.ctx; refused for another encoder), optionally through its alignment ``head``."""
-    from lvmkit.eval.command import _baseline_predictor, resolve_target
+    from lvmkit.eval.command import baseline_predictor, resolve_target
 
     t = resolve_target(spec, bank)
     if t.kind == "baseline":
@@ -117,7 +117,7 @@ def load_source(spec: str, bank: VectorBank, *, ctx: int = 5, head: str | None =
             )
         if head is not None:
             raise ConfigError(f"head {head!r} applies to a run, not to {spec}")
-        return QuerySource(spec, t.name, _baseline_predictor(t.name, bank, None, None), ctx, t)
+        return QuerySource(spec, t.name, baseline_predictor(t.name, bank, None, None), ctx, t)
     if head is not None:
         from lvmkit.heads.align import attach_head
 

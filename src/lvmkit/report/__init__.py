@@ -12,6 +12,10 @@ output directory, also makes a report):
     config.yaml       the resolved config, shown verbatim; its epoch gates are re-checked against history.jsonl
     status.json       state, best epoch
 
+A run without a metrics.json of its own (the quickstart's runs train with final_eval off) shows its row of a
+comparison given in the same report: a results-only directory whose metrics.json lists the run under
+``runs`` (``pipeline.compare_runs`` writes one: every run and baseline on the same queries). The card says so.
+
 ``load_run`` reads a directory into a ``RunData``; ``html.render_html`` and ``markdown.render_markdown`` turn a
 list of them into text; ``build_report`` does all of it and writes the files.
 """
@@ -44,12 +48,20 @@ class RunData:
     metrics: dict[str, Any] | None = None
     metrics_source: Path | None = None
     training_gates: list[dict[str, Any]] = field(default_factory=list)
+    shared_as: str | None = None  # set when ``metrics`` is a comparison's: this run's row name there
+
+    @property
+    def results_only(self) -> bool:
+        """An evaluation output (``lvmkit eval``, a comparison) rather than a training run."""
+        return bool(self.metrics) and not (self.history or self.config)
 
     @property
     def primary(self) -> str | None:
         """The row of the results table that is this run's model."""
         if not self.metrics:
             return None
+        if self.shared_as:
+            return self.shared_as
         if self.metrics.get("primary"):
             return self.metrics["primary"]
         comps = self.metrics.get("comparisons") or []
@@ -137,7 +149,7 @@ def build_report(
     if not runs:
         raise ArtifactError("give at least one run directory")
     paths = [Path(r) for r in runs]
-    data = [load_run(p, n) for p, n in zip(paths, unique_names(paths), strict=True)]
+    data = share_comparisons([load_run(p, n) for p, n in zip(paths, unique_names(paths), strict=True)])
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_suffix(".html")
@@ -152,6 +164,28 @@ def build_report(
     md = out.with_suffix(".md")
     write_text(md, render_markdown(data, {k: f"{fig_dir.name}/{k}.png" for k in figures}, title, generated))
     return ReportPaths(out, md, fig_dir)
+
+
+def share_comparisons(data: list[RunData]) -> list[RunData]:
+    """Give each run without metrics of its own the metrics of a comparison in ``data`` that evaluated it
+    (its metrics.json lists the run's directory under ``runs``, with the row name as key)."""
+    for r in data:
+        if r.metrics:
+            continue
+        for other in data:
+            runs = (other.metrics or {}).get("runs") or {}
+            name = next((n for n, p in runs.items() if _same_dir(p, other.path, r.path)), None)
+            if name is not None and name in (other.metrics.get("results") or {}):
+                r.metrics, r.metrics_source, r.shared_as = other.metrics, other.metrics_source, name
+                break
+    return data
+
+
+def _same_dir(recorded: str, base: Path, run: Path) -> bool:
+    """``recorded`` (absolute, or relative to where it was written from) names ``run``."""
+    p = Path(recorded)
+    candidates = [p] if p.is_absolute() else [p, base.parent / p, base.parent.parent / p]
+    return any(c.resolve() == run.resolve() for c in candidates)
 
 
 def render_figures(data: list[RunData], plots) -> dict[str, bytes]:
