@@ -149,6 +149,60 @@ def cascade_config(
     return cascade_from_dict(raw, f"cascade {name}")
 
 
+def pct(v) -> str:
+    return "nan" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def summary(result: dict) -> str:
+    """The README tables: per protocol, the heads beside the baselines, the reranker's gain, and each cascade's
+    stages with their measured contribution and latency, and the gates."""
+    lines = []
+    for protocol, sec in result["protocols"].items():
+        h = sec["heads"]
+        lines += [f"**Protocol {protocol}**: alignment heads, {h['n_queries']} test windows (ctx 5)", "",
+                  "| system | R@1 | R@5 (95% CI) | R@10 | MRR@10 | Contain@50 | Eff@5 |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, m in h["rows"].items():
+            lo, hi = m["hit@5_ci"]
+            lines.append(f"| {name} | {pct(m['hit@1'])} | {pct(m['hit@5'])} ({pct(lo)}-{pct(hi)}) | {pct(m['hit@10'])} | "
+                         f"{m['mrr@10']:.3f} | {pct(m['contain@50'])} | {pct(m['eff@5'])} |")  # fmt: skip
+        r = sec["reranker"]
+        lines += ["", f"**Protocol {protocol}**: reranker over the two-tower's top {result['rerank_k']} "
+                  f"({r['n']['test']} test queries; truth in the pool for {pct(r['pool_contain']['test'])}%; "
+                  f"{r['chosen']} chosen on val MRR@10; features {', '.join(r['features'])})", "",
+                  "| order of the pool | R@1 | R@5 | R@10 | MRR@10 |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for name, m in r["test"].items():
+            lines.append(
+                f"| {name} | {pct(m['hit@1'])} | {pct(m['hit@5'])} | {pct(m['hit@10'])} | {m['mrr@10']:.3f} |"
+            )
+        imp = sorted(r["importance"].items(), key=lambda kv: -kv[1])
+        lines += [
+            "",
+            "Importance (val MRR@10 drop when shuffled): " + ", ".join(f"{k} {v:+.3f}" for k, v in imp),
+            "",
+        ]
+        for name, c in sec["cascades"].items():
+            lines += [f"**Protocol {protocol}**: cascade `{name}`, {c['info']['n_queries']} test queries", "",
+                      "| stage | K | Contain@K | R@1 | R@5 | R@10 | MRR@10 | Eff@5 | P50 ms | P95 ms |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            for i, st in enumerate(c["stages"]):
+                lat = st.get("latency") or {}
+                lines.append(f"| {i}: {st['describe']} | {st['k']} | {pct(st['contain@k'])} | {pct(st['hit@1'])} | "
+                             f"{pct(st['hit@5'])} | {pct(st['hit@10'])} | {st['mrr@10']:.3f} | {pct(st['eff@5'])} | "
+                             f"{lat.get('p50_ms', float('nan')):.2f} | {lat.get('p95_ms', float('nan')):.2f} |")  # fmt: skip
+            if c["latency"]:
+                t = c["latency"]["total"]
+                lines.append(f"| total | | | | | | | | {t['p50_ms']:.2f} | {t['p95_ms']:.2f} |")
+            for a in c["ablation"]:
+                lines.append(f"| without {a['removed']} | {a['k']} | {pct(a['contain@k'])} | {pct(a['hit@1'])} | "
+                             f"{pct(a['hit@5'])} | {pct(a['hit@10'])} | {a['mrr@10']:.3f} | {pct(a['eff@5'])} | | |")  # fmt: skip
+            if c["gates"]:
+                held = ", ".join(f"{g['metric']} {g['value']:.3g} {g['bound']} {'held' if g['held'] else 'FAILED'}"
+                                 for g in c["gates"]["rows"])  # fmt: skip
+                lines += ["", f"Gates: {held}."]
+            lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bank", type=Path, default=Path("banks/enwiki"))
@@ -182,7 +236,7 @@ def main() -> None:
         "runs": {"lvm": run_budget(args.lvm), "twotower": run_budget(args.twotower)},
         "lanes": str(args.lanes) if args.lanes else None,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "protocols": {},
+        "protocols": {}, "rerank_k": args.rerank_k,
     }  # fmt: skip
     log("fitting alignment heads (train pairs, alpha on val)")
     fit = fit_alignment(args.lvm, bank)
@@ -225,8 +279,14 @@ def main() -> None:
     result["wall_s"] = time.perf_counter() - t_start
     write_json(args.out, result)
     write_text(args.out.with_suffix(".md"), "\n".join(md))
+    write_text(args.out.with_name(args.out.stem + "_summary.md"), summary(result))
     log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--summary":  # re-render the README tables from a results file
+        print(summary(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main()

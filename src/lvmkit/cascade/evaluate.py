@@ -277,7 +277,9 @@ def format_cascade(o: CascadeOutcome) -> str:
         "",
         f"Protocol {i['protocol_description']}. {i['n_queries']} queries (context up to {i['ctx']} chunks, at "
         f"least {i['min_ctx']}) of bank {i['bank']} ({i['bank_size']} chunks, {i['encoder']}; {i['index']} "
-        f"index{nprobe}). Latency at batch 1, text encoder excluded (context vectors read from the bank).",
+        f"index{nprobe}). Latency at batch 1, text encoder excluded (context vectors read from the bank). "
+        "Contain@K: truths among the stage's K candidates; Eff@5 = R@5 / Contain@50 of the retrieval's top 50 "
+        "(before any reranking), above 100% when a reranking stage lifts truths from below that top 50.",
         "",
         "| stage | K | Contain@K | R@1 | R@5 | R@10 | MRR@10 | Eff@5 | P50 ms | P95 ms | P99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
