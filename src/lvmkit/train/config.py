@@ -270,6 +270,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel] = RunConfig, strip_tag
     return f"  - {field}: {err['msg']}{shown}"
 
 
+describe_error = _describe  # public: other typed configs (the serve routing file) format errors alike
+
+
 def _allowed_fields(model: Any, loc: list[str]) -> list[str]:
     for part in loc:
         if part.isdigit():
