@@ -10,7 +10,17 @@ directories: claiming one, status, listing), mining (the hard-negative curriculu
 (torchrun helpers). The tasks themselves (LVM, two-tower) live in ``lvmkit.tasks``.
 """
 
+from typing import Any
+
 from lvmkit.train.config import RunConfig, load_config
-from lvmkit.train.loop import train
 
 __all__ = ["RunConfig", "load_config", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """``train`` is imported on first use: the loop loads torch, the config (and the task registry) must not."""
+    if name == "train":
+        from lvmkit.train.loop import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
