@@ -4,9 +4,10 @@
     cfg = load_config("configs/gru.yaml", ["optim.epochs=3"])
     status = train(cfg, "runs/gru")            # or: lvmkit train configs/gru.yaml --out runs/gru
 
-Modules: config (RunConfig, YAML + overrides), loop (``train`` and the ``Task`` protocol), lvm_task (the LVM
-task), checkpoint (save/load, provenance, ``load_model``), triage (gate / NaN notes), runs (run directories,
-status, listing), distributed (torchrun helpers).
+Modules: config (RunConfig, YAML + overrides), loop (``train`` as named steps and the ``Task`` protocol),
+checkpoint (``checkpoint_state``, save/load, provenance, ``load_model``), triage (gate / NaN notes), runs (run
+directories: claiming one, status, listing), mining (the hard-negative curriculum), gradcache, distributed
+(torchrun helpers). The tasks themselves (LVM, two-tower) live in ``lvmkit.tasks``.
 """
 
 from lvmkit.train.config import RunConfig, load_config
