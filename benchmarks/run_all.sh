@@ -58,6 +58,8 @@ if step lanes; then   # lane classifier on the quickstart bank's topics; skew, p
   [ -f banks/embedded/manifest.json ] || $LV ingest embedded --out banks/embedded --backend onnx-int8
   OMP_NUM_THREADS=1 $PY benchmarks/bench_lanes.py --labelled banks/embedded --bank $QS/bank --run $QS/runs/amn \
       --work /tmp/lanes-bench-full --name full
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lanes.py --labelled banks/embedded --bank $BANK --reuse --work /tmp/lanes-bench-full \
+      --name enwiki --ctx 5 --min-ctx 5 --queries 2000
 fi
 if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
   OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
