@@ -48,7 +48,8 @@ if step cascade; then   # two small runs on the bank (budgets in README), then h
       --set optim.epochs=1 --set data.max_train_windows=6000 --set data.max_eval_queries=500 \
       --set model.kwargs.hidden=128 --set twotower.memory=20000 --set final_eval=false
   $PY benchmarks/bench_cascade.py --bank $BANK --lvm $CR/gru --twotower $CR/tt --work benchmarks/work/cascade \
-      --queries 1000 --rerank-train 1000 --latency-n 100 --lanes-from /work/qs/bank   # a bank with topic labels (quickstart's)
+      --queries 1000 --rerank-train 1000 --latency-n 100 --lanes-from "${QS:-quickstart_out}/bank"  # topic labels
+fi
 QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
 if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
   $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
