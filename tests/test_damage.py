@@ -303,3 +303,92 @@ def test_messages_name_the_cli_flags(make_bank, tmp_path):
         f"error: --index ivf was asked for but bank {bank.path} has a flat index; build one with `lvmkit index "
         f"build {bank.path} --type ivf` or use --index flat for exact search"
     )
+
+
+# --------------------------------------------------------------------------------- damaged run files
+def test_damaged_run_files_are_named_with_their_fix(tmp_path):
+    from test_runs import fake_run
+
+    from lvmkit.train.runs import read_status, write_status
+
+    run = fake_run(tmp_path, "gru", "finished")
+    good = read_status(run)
+    run.status.write_text('{"state": "runn')  # truncated
+    fix = f"`lvmkit train --out {run.root} --resume` rewrites it"
+    assert user_error(invoke("runs", "status", run.root)) == (
+        f"error: {run.status} is damaged (not valid JSON: Unterminated string starting at: line 1 column 11 "
+        f"(char 10)); {fix} (the run's progress is in last.pt)"
+    )
+    assert user_error(invoke("report", run.root, "--out", tmp_path / "r.html")) == (
+        f"error: {run.status} is damaged (Unterminated string starting at: line 1 column 11 (char 10)); {fix}, "
+        "or leave the run out of the report"
+    )
+    assert write_status(run, "running", epoch=3) == {
+        "epoch": 3,
+        "state": "running",
+        "updated": read_status(run)["updated"],
+    }
+    config = run.root / "config.yaml"
+    config.write_bytes(b"model: {name: gru\x00")
+    line = user_error(invoke("report", run.root, "--out", tmp_path / "r.html"))
+    assert line.startswith(f"error: {config} is damaged (") and line.endswith(
+        "every checkpoint of the run holds its config, or leave the run out of the report"
+    )
+    config.unlink()
+    (run.root / "metrics.json").write_text('{"results": {')
+    assert user_error(invoke("report", run.root, "--out", tmp_path / "r.html")) == (
+        f"error: {run.root / 'metrics.json'} is damaged (Expecting property name enclosed in double quotes: line 1 "
+        f"column 14 (char 13)); `lvmkit eval {run.root}` writes it again, or leave the run out of the report"
+    )
+    assert good["state"] == "finished"
+
+
+def test_config_yaml_edited_or_truncated_after_a_checkpoint_is_refused_on_resume(make_bank, tmp_path):
+    """A truncated config.yaml still parses (missing fields take their defaults), so --resume would build
+    another model and fail deep in load_state_dict; it is compared with the config last.pt stores instead."""
+    from test_train import dynamic_bank, tiny_config
+
+    from lvmkit.train.config import load_config, save_config
+    from lvmkit.train.loop import train
+
+    bank = dynamic_bank(make_bank, tmp_path, n_articles=20)
+    cfg = tiny_config(bank, "optim.epochs=1", "final_eval=false", "model.kwargs={hidden: 16, layers: 2}")
+    out = tmp_path / "run"
+    assert train(cfg, out)["state"] == "finished"
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("layers: 2", "layers: 1"))
+    res = invoke("train", "--out", out, "--resume", "--set", "optim.epochs=2")
+    assert user_error(res) == (
+        f"error: --resume: {out / 'config.yaml'} differs from the config {out / 'last.pt'} was trained with in "
+        f"model.kwargs.layers: config.yaml was edited or damaged. Restore it (last.pt holds the original under "
+        f"'config'), or start the run over with `lvmkit train CONFIG --out {out} --overwrite`"
+    )
+    save_config(cfg, out / "config.yaml")  # restored: the resume goes on
+    assert load_config(out / "config.yaml") == cfg
+
+
+def test_configs_written_before_the_task_spec_still_load(tmp_path):
+    """lvmkit before the task registry saved an LVM run's config with `twotower: null`."""
+    from lvmkit.train.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("task: lvm\nbank: banks/x\nmodel:\n  name: gru\ntwotower: null\n")
+    cfg = load_config(path)
+    assert cfg.task == "lvm" and cfg.model.name == "gru" and str(cfg.bank) == "banks/x"
+
+
+def test_corpus_warnings_are_printed_once(tmp_path, caplog):
+    """Ingest reads the corpus twice when it shows progress (a counting pass, then the encode pass); only
+    the encode pass reports what it skipped or repaired."""
+    corpus = text_corpus(tmp_path / "corpus", n=2)
+    (corpus / "bad.txt").write_bytes(b"Hello \xff world. A second sentence here.\n")
+    events = []
+    with caplog.at_level("WARNING", logger="lvmkit.corpus"):
+        bank = ingest(
+            corpus, tmp_path / "bank", encoder=HASH, backend="hash", progress=lambda *e: events.append(e)
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lvmkit.corpus"]
+    assert warnings == [
+        f"corpus: {corpus / 'bad.txt'}:1: bad_utf8 (invalid byte at column 6, replaced by U+FFFD)"
+    ]
+    assert events[0][0] == "count" and bank.manifest.corpus.repaired == {"bad_utf8": 1}

@@ -25,7 +25,7 @@ import hmac
 import pathlib
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -113,15 +113,15 @@ def _api_routes(svc: Service) -> APIRouter:
         return svc.info(auth=request.app.state.auth)
 
     @r.post("/search", response_model=SearchResponse)
-    def search(req: SearchRequest) -> SearchResponse:
+    def search(req: SearchRequest, background: BackgroundTasks) -> SearchResponse:
         """The k nearest chunks of the whole bank to a text, encoded with the bank's encoder."""
-        return svc.search(req)
+        return svc.search(req, defer=background.add_task)
 
     @r.post("/next", response_model=NextResponse)
-    def next_chunks(req: NextRequest) -> NextResponse:
+    def next_chunks(req: NextRequest, background: BackgroundTasks) -> NextResponse:
         """Predicted next chunks after a context (or a paragraph split by the bank's chunker), beside what
         copy_last returns, with the time of each stage."""
-        return svc.next(req)
+        return svc.next(req, defer=background.add_task)  # request log and shadows run after the response
 
     @r.get("/runs", response_model=RunList)
     def runs() -> RunList:

@@ -182,6 +182,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     from lvmkit.tasks import TASKS, run_config_adapter
 
     raw = {"task": "lvm", **raw}
+    if raw.get("twotower", "") is None:  # written by lvmkit before the task spec: an LVM run's empty section
+        raw = {k: v for k, v in raw.items() if k != "twotower"}
     task = raw["task"]
     if not isinstance(task, str) or task not in TASKS:
         allowed = " or ".join(repr(t) for t in TASKS)
@@ -266,6 +268,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel] = RunConfig, strip_tag
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     return f"  - {field}: {err['msg']}{shown}"
+
+
+describe_error = _describe  # public: other typed configs (the serve routing file) format errors alike
 
 
 def _allowed_fields(model: Any, loc: list[str]) -> list[str]:

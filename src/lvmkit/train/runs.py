@@ -32,7 +32,7 @@ import psutil
 
 from lvmkit import locking
 from lvmkit.artifacts import read_json, read_jsonl, write_json, write_text
-from lvmkit.errors import ArtifactError, ConfigError
+from lvmkit.errors import ArtifactError, ConfigError, LvmkitError
 
 STATES = ("running", "finished", "stopped_gate", "stopped_nan", "early_stopped", "failed")
 
@@ -139,7 +139,7 @@ def _check_resumable(run: RunPaths, cfg):
             f"over would overwrite best.pt and history.jsonl. Restore {run.last}, or start the run over with "
             f"`lvmkit train CONFIG --out {run.root} --overwrite`"
         )
-    state = read_json(run.status).get("state") if run.status.exists() else None
+    state = status_state(run)
     if state in ("stopped_gate", "stopped_nan"):
         raise ConfigError(
             f"--resume: {run.root} {state.replace('_', ' at a ')}; resuming would stop again. "
@@ -165,6 +165,24 @@ def load_last(run: RunPaths, map_location: Any = "cpu") -> dict[str, Any]:
         ) from None
 
 
+def check_checkpoint_config(run: RunPaths, ckpt: dict[str, Any], cfg) -> None:
+    """last.pt stores the config it was trained with; a config.yaml that differs from it in what is trained
+    (edited, or damaged: a truncated YAML still parses, with defaults) is refused before any weight loads."""
+    from lvmkit.train.config import config_diff, config_from_dict
+
+    try:
+        trained = config_from_dict(ckpt["config"], source=str(run.last))
+    except (KeyError, TypeError, LvmkitError):
+        return  # an older checkpoint without a readable config: the weights' own shapes decide
+    changed = [f for f in config_diff(trained, cfg) if not f.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ArtifactError(
+            f"--resume: {run.config} differs from the config {run.last} was trained with in {', '.join(changed)}: "
+            f"config.yaml was edited or damaged. Restore it (last.pt holds the original under 'config'), or "
+            f"start the run over with `lvmkit train CONFIG --out {run.root} --overwrite`"
+        )
+
+
 def _save_config(cfg, path: Path) -> None:
     from lvmkit.train.config import save_config
 
@@ -177,7 +195,7 @@ def still_training(run: RunPaths) -> str | None:
     h, state = locking.holder(run.root)
     if state != "held" or not run.status.exists():
         return None
-    status = read_json(run.status)
+    status = status_dict(run)
     if status.get("state") != "running":
         return None
     where = f"epoch {status.get('epoch', '?')} of {status.get('epochs', '?')}"
@@ -191,7 +209,7 @@ def holds_run(run: RunPaths) -> bool:
 def wrote_checkpoint(run: RunPaths) -> bool:
     """Whether the run ever wrote last.pt (status.json records the step of every checkpoint; a run of an
     older lvmkit: best.pt or an epoch row in history.jsonl)."""
-    status = read_json(run.status) if run.status.exists() else {}
+    status = status_dict(run)
     if status.get("checkpoint_step") is not None or run.best.exists():
         return True
     return any(r.get("kind") == "epoch" for r in read_jsonl(run.history))
@@ -202,12 +220,12 @@ def failed_before_checkpoint(run: RunPaths) -> bool:
     only while holding the run's lock, so a "running" state is a process that died."""
     if run.last.exists() or wrote_checkpoint(run):
         return False
-    state = read_json(run.status).get("state") if run.status.exists() else None
+    state = status_state(run)
     return state in (None, "failed", "running")
 
 
 def _trained(run: RunPaths) -> str:
-    status = read_json(run.status) if run.status.exists() else {}
+    status = status_dict(run)
     return f"up to step {status.get('checkpoint_step') or status.get('step', '?')}"
 
 
@@ -240,7 +258,7 @@ def write_status(run: RunPaths, state: str, **fields: Any) -> dict[str, Any]:
     """Update status.json (fields not given keep their previous values); returns the new status."""
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
-    status = read_status(run) if run.status.exists() else {}
+    status = status_dict(run)  # a damaged one is rewritten from scratch
     status.update(fields)
     status.update(state=state, updated=now())
     write_json(run.status, status)
@@ -252,8 +270,25 @@ def read_status(run: RunPaths) -> dict[str, Any]:
         return read_json(run.status)
     except FileNotFoundError:
         raise ArtifactError(f"{run.root} is not a run directory (no status.json)") from None
-    except ValueError as e:
-        raise ArtifactError(f"{run.status} is not valid JSON: {e}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(
+            f"{run.status} is damaged (not valid JSON: {e}); `lvmkit train --out {run.root} --resume` rewrites it "
+            "(the run's progress is in last.pt)"
+        ) from None
+
+
+def status_dict(run: RunPaths) -> dict[str, Any]:
+    """status.json, or {} when it is missing or damaged (it only mirrors the run's progress: writers replace
+    it, and decisions fall back to the checkpoints)."""
+    try:
+        return read_status(run)
+    except ArtifactError:
+        return {}
+
+
+def status_state(run: RunPaths) -> str | None:
+    """The run's recorded state, or None when status.json is missing or damaged."""
+    return status_dict(run).get("state")
 
 
 def pid_alive(pid: int | None) -> bool:
