@@ -140,12 +140,19 @@ def heads_section(bank: VectorBank, protocol: str, fit, n: int, nprobe: int) -> 
 
 
 def cascade_config(
-    bank: VectorBank, name: str, protocol: str, stages: list[dict], n: int, nprobe: int, latency_n: int
+    bank: VectorBank,
+    name: str,
+    protocol: str,
+    stages: list[dict],
+    n: int,
+    nprobe: int,
+    latency_n: int,
+    window_ctx: int,
 ):
     from lvmkit.cascade.config import cascade_from_dict
 
     raw = {"name": name, "bank": str(bank.path), "protocol": protocol, "index": "ivf" if protocol == OPEN else None,
-           "nprobe": nprobe, "max_queries": n, "latency_n": latency_n, "stages": stages}  # fmt: skip
+           "nprobe": nprobe, "max_queries": n, "latency_n": latency_n, "window_ctx": window_ctx, "stages": stages}  # fmt: skip
     return cascade_from_dict(raw, f"cascade {name}")
 
 
@@ -221,11 +228,14 @@ def main() -> None:
     ap.add_argument("--gates", type=Path, default=Path("configs/cascade_gates.yaml"))
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cascade.json"))
+    ap.add_argument(
+        "--only-cascades", action="store_true", help="rerun the cascades only (heads, rerankers: --out's)"
+    )
     args = ap.parse_args()
 
     from lvmkit.cascade.evaluate import evaluate_cascade, format_cascade
     from lvmkit.heads.align import fit_alignment
-    from lvmkit.heads.reranker import fit_reranker, format_report
+    from lvmkit.heads.reranker import Reranker, fit_reranker, format_report
 
     t_start = time.perf_counter()
     args.lanes = lane_classifier(args)
@@ -238,39 +248,55 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "protocols": {}, "rerank_k": args.rerank_k,
     }  # fmt: skip
-    log("fitting alignment heads (train pairs, alpha on val)")
-    fit = fit_alignment(args.lvm, bank)
-    fit.save()
-    result["align"] = {
-        "val_hit@5": fit.val,
-        "sweep": fit.sweep,
-        "alpha": fit.heads["ridge"].provenance["alpha"],
-    }
+    if args.only_cascades:  # heads and rerankers from the previous full run (its results file and RUN/heads)
+        result = {**json.loads(args.out.read_text()), "lanes": result["lanes"]}
+    else:
+        log("fitting alignment heads (train pairs, alpha on val)")
+        fit = fit_alignment(args.lvm, bank)
+        fit.save()
+        result["align"] = {
+            "val_hit@5": fit.val,
+            "sweep": fit.sweep,
+            "alpha": fit.heads["ridge"].provenance["alpha"],
+        }
+    window_ctx = max(run_budget(args.lvm)["ctx"], run_budget(args.twotower)["ctx"])
+    result["window_ctx"] = window_ctx
     md = []
     for protocol in args.protocols.split(","):
-        sec: dict = {}
-        log(f"[{protocol}] heads beside the baselines")
-        sec["heads"] = heads_section(bank, protocol, fit, args.queries, args.nprobe)
-        log(f"[{protocol}] reranker")
-        rr = fit_reranker(
-            str(args.lvm), bank, protocol=protocol, retriever=str(args.twotower), k=args.rerank_k,
-            lanes=str(args.lanes) if args.lanes else None, max_train=args.rerank_train, max_val=1000,
-            max_test=args.queries, nprobe=args.nprobe,
-        )  # fmt: skip
-        rr_path = rr.save(args.lvm)
-        sec["reranker"] = {"kind": rr.kind, "features": rr.spec.features, **rr.report}
+        if args.only_cascades:
+            sec = result["protocols"][protocol]
+            rr = Reranker.load(args.lvm, bank, protocol)
+        else:
+            sec = {}
+            log(f"[{protocol}] heads beside the baselines")
+            sec["heads"] = heads_section(bank, protocol, fit, args.queries, args.nprobe)
+            log(f"[{protocol}] reranker")
+            rr = fit_reranker(
+                str(args.lvm), bank, protocol=protocol, retriever=str(args.twotower), k=args.rerank_k,
+                lanes=str(args.lanes) if args.lanes else None, max_train=args.rerank_train, max_val=1000,
+                max_test=args.queries, nprobe=args.nprobe,
+            )  # fmt: skip
+            rr.save(args.lvm)
+            sec["reranker"] = {"kind": rr.kind, "features": rr.spec.features, **rr.report}
+        rr_path = rr.path
         md += [f"## Reranker, protocol {protocol}", "", format_report(rr), ""]
         heuristic = [{"stage": "retrieve", "source": "baseline:exp_weighted", "k": 500},
                      {"stage": "lvm_rerank", "run": "baseline:copy_last", "k": 10}]  # fmt: skip
         model = [{"stage": "retrieve", "source": str(args.twotower), "k": 500},
                  {"stage": "lvm_rerank", "run": str(args.lvm), "k": 50},
                  {"stage": "reranker", "path": str(rr_path), "k": 10}]  # fmt: skip
-        if args.lanes:
+        cascades = [("heuristic", heuristic), ("model", model)]
+        if (
+            args.lanes
+        ):  # the reranker then the lane rerank, and the issue's order (LVM top 50 -> lanes top 10)
             model.append({"stage": "lane_rerank", "lanes": str(args.lanes), "weight": 0.3, "k": 10})
+            cascades.append(("issue-order", [*model[:2], {**model[-1]}]))
         sec["cascades"] = {}
-        for name, stages in (("heuristic", heuristic), ("model", model)):
+        for name, stages in cascades:
             log(f"[{protocol}] cascade {name}")
-            cfg = cascade_config(bank, name, protocol, stages, args.queries, args.nprobe, args.latency_n)
+            cfg = cascade_config(
+                bank, name, protocol, stages, args.queries, args.nprobe, args.latency_n, window_ctx
+            )
             o = evaluate_cascade(cfg, gates=args.gates, out=args.work / f"cascade-{name}-{protocol}")
             sec["cascades"][name] = o.to_dict()
             md += [format_cascade(o), ""]

@@ -42,15 +42,17 @@ if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-t
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols
   CR=benchmarks/work/cascade_runs
-  [ -f $CR/gru/best.pt ] || $LV train configs/gru.yaml --out $CR/gru --set bank=$BANK --set optim.epochs=2 \
+  [ -f $CR/gru/best.pt ] || $LV train configs/gru.yaml --out $CR/gru --set bank=$BANK --set optim.epochs=1 \
       --set data.max_train_windows=20000 --set data.max_eval_queries=500 --set final_eval=false
   [ -f $CR/tt/best.pt ] || $LV train configs/twotower_plain.yaml --out $CR/tt --set bank=$BANK --set data.ctx=20 \
-      --set optim.epochs=2 --set data.max_train_windows=6000 --set data.max_eval_queries=500 \
+      --set optim.epochs=1 --set data.max_train_windows=6000 --set data.max_eval_queries=500 \
       --set model.kwargs.hidden=128 --set twotower.memory=20000 --set final_eval=false
   $PY benchmarks/bench_cascade.py --bank $BANK --lvm $CR/gru --twotower $CR/tt --work benchmarks/work/cascade \
-      --queries 1500 --rerank-train 1500 --lanes-from /work/qs/bank   # any bank with topic labels (quickstart's)
+      --queries 1000 --rerank-train 1000 --latency-n 100 --lanes-from "${QS:-quickstart_out}/bank"  # topic labels
+fi
 if step serve; then   # (here: SERVE_RUN=/work/qs/runs/gru, the quickstart gru on the enwiki bank: same encoder) loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror
   $PY benchmarks/bench_serve.py $BANK --run "${SERVE_RUN:-quickstart_out/runs/gru}" --requests 300 --phase-seconds 45 --soak-seconds 600
+fi
 QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
 if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
   $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench

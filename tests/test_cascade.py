@@ -123,6 +123,7 @@ def test_bad_configs_are_refused_and_nothing_is_written(bank, tmp_path, make_ban
     with pytest.raises(ConfigError, match=r"stages\.1\.run"):
         config(bank, [HEURISTIC[0], {"stage": "lvm_rerank", "k": 5}])
     refused([HEURISTIC[0], {**HEURISTIC[1], "head": "ridge"}], r"stages\[1\].*head 'ridge' applies to a run")
+    refused(HEURISTIC, "window_ctx=2 is shorter than the 3 context chunks", window_ctx=2)
     # rerankers: another protocol, another bank, another retriever
     rr = fit_reranker("baseline:mean_ctx", bank, protocol=IN_ARTICLE, k=10, ctx=CTX, max_train=100, max_val=40,
                       max_test=40, kinds=("logistic",))  # fmt: skip

@@ -85,6 +85,9 @@ class CascadeConfig(_Strict):
     min_ctx: int | None = Field(
         None, ge=1
     )  # fewest real context chunks of a query (default: the smallest ctx)
+    # context chunks of each query window, ALL excluded from the candidates (default: the longest ctx any stage
+    # reads). Cascades compared with each other must use the same value: excluding more rows is an easier task.
+    window_ctx: int | None = Field(None, ge=1)
     max_queries: int = Field(2000, ge=1)
     latency_n: int = Field(200, ge=0)
     seed: int = 0

@@ -154,7 +154,14 @@ def _windows(cfg: CascadeConfig, bank: VectorBank, stages: list[Stage]):
     sources = [s for st in stages for s in st.sources]
     for s in sources:
         check_run_split(s, cfg.split_ratios, cfg.split_seed)
-    ctx = max(s.ctx for s in sources)
+    longest = max(s.ctx for s in sources)
+    ctx = cfg.window_ctx or longest
+    if ctx < longest:
+        from lvmkit.errors import ConfigError
+
+        raise ConfigError(
+            f"window_ctx={ctx} is shorter than the {longest} context chunks a stage reads; raise it"
+        )
     min_ctx = cfg.min_ctx or min(s.ctx for s in sources)
     split = make_split(bank, ratios=cfg.split_ratios, seed=cfg.split_seed)
     ws = make_windows(bank, split, cfg.split, ctx=ctx, min_ctx=min(min_ctx, ctx), pad=True)
@@ -276,7 +283,7 @@ def format_cascade(o: CascadeOutcome) -> str:
         f"# Cascade {i['name']}: {i['split']} split, protocol {i['protocol']}",
         "",
         f"Protocol {i['protocol_description']}. {i['n_queries']} queries (context up to {i['ctx']} chunks, at "
-        f"least {i['min_ctx']}) of bank {i['bank']} ({i['bank_size']} chunks, {i['encoder']}; {i['index']} "
+        f"least {i['min_ctx']}; all {i['ctx']} excluded from the candidates) of bank {i['bank']} ({i['bank_size']} chunks, {i['encoder']}; {i['index']} "
         f"index{nprobe}). Latency at batch 1, text encoder excluded (context vectors read from the bank). "
         "Contain@K: truths among the stage's K candidates; Eff@5 = R@5 / Contain@50 of the retrieval's top 50 "
         "(before any reranking), above 100% when a reranking stage lifts truths from below that top 50.",
