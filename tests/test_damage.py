@@ -341,3 +341,74 @@ def test_damaged_run_files_are_named_with_their_fix(tmp_path):
         f"column 14 (char 13)); `lvmkit eval {run.root}` writes it again, or leave the run out of the report"
     )
     assert good["state"] == "finished"
+
+
+def test_config_yaml_edited_or_truncated_after_a_checkpoint_is_refused_on_resume(make_bank, tmp_path):
+    """A truncated config.yaml still parses (missing fields take their defaults), so --resume would build
+    another model and fail deep in load_state_dict; it is compared with the config last.pt stores instead."""
+    from test_train import dynamic_bank, tiny_config
+
+    from lvmkit.train.config import load_config, save_config
+    from lvmkit.train.loop import train
+
+    bank = dynamic_bank(make_bank, tmp_path, n_articles=20)
+    cfg = tiny_config(bank, "optim.epochs=1", "final_eval=false", "model.kwargs={hidden: 16, layers: 2}")
+    out = tmp_path / "run"
+    assert train(cfg, out)["state"] == "finished"
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("layers: 2", "layers: 1"))
+    res = invoke("train", "--out", out, "--resume", "--set", "optim.epochs=2")
+    assert user_error(res) == (
+        f"error: --resume: {out / 'config.yaml'} differs from the config {out / 'last.pt'} was trained with in "
+        f"model.kwargs.layers: config.yaml was edited or damaged. Restore it (last.pt holds the original under "
+        f"'config'), or start the run over with `lvmkit train CONFIG --out {out} --overwrite`"
+    )
+    save_config(cfg, out / "config.yaml")  # restored: the resume goes on
+    assert load_config(out / "config.yaml") == cfg
+
+
+def test_configs_written_before_the_task_spec_still_load(tmp_path):
+    """lvmkit before the task registry saved an LVM run's config with `twotower: null`."""
+    from lvmkit.train.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("task: lvm\nbank: banks/x\nmodel:\n  name: gru\ntwotower: null\n")
+    cfg = load_config(path)
+    assert cfg.task == "lvm" and cfg.model.name == "gru" and str(cfg.bank) == "banks/x"
+
+
+def test_corpus_warnings_are_printed_once(tmp_path, caplog):
+    """Ingest reads the corpus twice when it shows progress (a counting pass, then the encode pass); only
+    the encode pass reports what it skipped or repaired."""
+    corpus = text_corpus(tmp_path / "corpus", n=2)
+    (corpus / "bad.txt").write_bytes(b"Hello \xff world. A second sentence here.\n")
+    events = []
+    with caplog.at_level("WARNING", logger="lvmkit.corpus"):
+        bank = ingest(
+            corpus, tmp_path / "bank", encoder=HASH, backend="hash", progress=lambda *e: events.append(e)
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lvmkit.corpus"]
+    assert warnings == [
+        f"corpus: {corpus / 'bad.txt'}:1: bad_utf8 (invalid byte at column 6, replaced by U+FFFD)"
+    ]
+    assert events[0][0] == "count" and bank.manifest.corpus.repaired == {"bad_utf8": 1}
+
+
+def test_damaged_pair_set_is_named_with_its_fix(make_bank, tmp_path):
+    from lvmkit.data import make_split
+    from lvmkit.data.pairs import REBUILD, PairSet, make_pairs
+
+    bank = make_bank(tmp_path, articles=[12] * 10)
+    make_pairs(bank, make_split(bank), ctx=3, stride=2).save(tmp_path / "pairs")
+    manifest = tmp_path / "pairs" / "manifest.json"
+    manifest.write_text('{"bank_id": ')
+    with pytest.raises(ArtifactError) as e:
+        PairSet.load(tmp_path / "pairs", bank)
+    assert (
+        str(e.value)
+        == f"{manifest} is not valid JSON (Expecting value: line 1 column 13 (char 12)); {REBUILD}"
+    )
+    assert (
+        user_error(invoke("diagnose", "data", tmp_path / "pairs", "--out", tmp_path / "dd"))
+        == f"error: {e.value}"
+    )

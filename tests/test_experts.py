@@ -11,7 +11,7 @@ from lvmkit.losses import build_loss
 from lvmkit.models import build_model
 from lvmkit.models.base import masked_mean
 from lvmkit.models.experts import LaneExperts, balance_loss, balance_term
-from lvmkit.tasks.lvm import LVMStep
+from lvmkit.tasks.lvm.task import LVMStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

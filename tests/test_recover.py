@@ -186,3 +186,21 @@ def test_metric_names_are_what_the_task_measures(make_bank, tmp_path, task):
 
     t = TASKS[task].build_task(cfg, run, DistInfo(), np.random.default_rng(0), False)
     assert sorted(t.evaluate("val")) == sorted(TASKS[task].metric_names(cfg))
+
+
+def test_report_keeps_the_runs_queries(make_bank, tmp_path):
+    """The report prefers `lvmkit eval RUN`'s output only when it scored the run's own queries: a full eval
+    reproduces metrics.json and is shown; an eval on 5 queries is not silently shown instead."""
+    from lvmkit.eval.command import run_eval
+    from lvmkit.report import load_run
+
+    bank = dynamic_bank(make_bank, tmp_path, n_articles=30)
+    out = tmp_path / "run"
+    train(tiny_config(bank, "optim.epochs=1"), out)
+    run_eval(str(out), bank, latency_n=0)
+    r = load_run(out)
+    assert r.metrics_source == out / "eval-test" / "metrics.json"
+    assert r.metrics["results"] == read_json(out / "metrics.json")["results"]
+    run_eval(str(out), bank, latency_n=0, max_queries=5)
+    r = load_run(out)
+    assert r.metrics_source == out / "metrics.json" and r.metrics["n_queries"] > 5

@@ -51,7 +51,10 @@ def ingest_command(path: Path, manifest: BankManifest | None) -> str:
     if e.name != DEFAULT_ENCODER:
         args += ["--encoder", e.name]
     args += ["--backend", backend, "--dtype", manifest.vector_dtype]
-    return "`" + " ".join(shlex.quote(a) for a in args) + " --overwrite`"
+    command = "`" + " ".join(shlex.quote(a) for a in args) + " --overwrite`"
+    if "limit_articles" not in c.model_fields_set:  # a manifest written before the limit was recorded
+        command += " (plus the --limit-articles it was built with, if any)"
+    return command
 
 
 def damaged(path: Path, problem: str, manifest: BankManifest | None) -> ArtifactError:

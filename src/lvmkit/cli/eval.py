@@ -14,8 +14,8 @@ EXIT_GATES_FAILED = 1
 def eval_command(
     target: str = typer.Argument(
         ...,
-        help="A run directory, a checkpoint (.pt), or baseline:NAME (copy_last, mean_ctx, exp_weighted, "
-        "ridge, blend, oracle).",
+        help="A run directory, a checkpoint (.pt), baseline:NAME (copy_last, mean_ctx, exp_weighted, "
+        "ridge, blend, oracle), or a cascade config (.yaml: per-stage Contain@K, R@k, latency, ablation).",
         show_default=False,
     ),
     bank: Path | None = typer.Option(
@@ -61,10 +61,11 @@ def eval_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
     protocol: str = typer.Option(
-        "open",
+        None,
         "--protocol",
         help="open: the whole bank is searched, the article unknown. in-article: the article is known and the "
-        "candidates are its chunks outside the context (an easier task; never compare with open numbers).",
+        "candidates are its chunks outside the context (an easier task; never compare with open numbers). "
+        "Default open (a cascade: its config's).",
     ),
     head: str = typer.Option(
         None,
@@ -79,7 +80,14 @@ def eval_command(
     chosen on val windows) and the oracle, with 95% bootstrap intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
 
     Example: lvmkit eval runs/gru --bank banks/enwiki --split test --gates gates.yaml
+    Cascade: lvmkit eval configs/cascade_heuristic.yaml --gates configs/cascade_gates.yaml
     """
+    from lvmkit.cli.cascade import eval_cascade, is_cascade
+
+    if is_cascade(target):
+        kw = {"max_queries": max_queries, "protocol": protocol}
+        eval_cascade(target, gates=gates, out=out, latency_n=None if latency_n == 200 else latency_n, **kw)
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -120,7 +128,7 @@ def eval_command(
             latency_n=latency_n,
             seed=seed,
             progress=on_progress,
-            protocol=protocol,
+            protocol=protocol or "open",
             head=head,
         )
 

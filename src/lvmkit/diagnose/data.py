@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from lvmkit.artifacts import read_json, sha256_file, write_json
+from lvmkit.artifacts import sha256_file, write_json
 from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.index import INDEX_FILE
 from lvmkit.data.pairs import MANIFEST_FILE as PAIRS_MANIFEST
-from lvmkit.data.pairs import PAIRS_FILE, PairSet
+from lvmkit.data.pairs import PAIRS_FILE, PairSet, read_pairs_manifest
 from lvmkit.data.samplers import ArticleCappedBatchSampler
 from lvmkit.data.splits import SPLIT_NAMES, Split, check_leakage, make_split
 from lvmkit.diagnose.findings import Diagnosis, Finding, info, judge
@@ -356,7 +356,7 @@ def _split_finding(sets, name: str, counts: dict[str, Any], unit: str, cfg) -> F
 
 
 def _pairs(path: Path, bank_path, leak_sample, seed):
-    pm = read_json(path / PAIRS_MANIFEST)
+    pm = read_pairs_manifest(path)
     bank = VectorBank.open(bank_path or pm.get("bank_path", ""))
     pairs = PairSet.load(path, bank)
     a = pm["arguments"]

@@ -287,30 +287,17 @@ def run_eval(
 
         attach_head(t, head, bank)
     sp, split_source = resolve_split(t, bank, split_file, split_ratios, split_seed)
-
     windows, fit_on, cfg, cap = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     spec = get_task(cfg.task)
-    train, val = fit_on.get("train"), fit_on.get("val")
 
     def stage(name: str):
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     models = {} if t.kind == "baseline" else {t.name: t.predictor}
-    suite = spec.evaluate_suite(
-        cfg,
-        models,
-        windows,
-        bank,
-        train_windows=train,
-        val_windows=val,
-        index=index,
-        nprobe=nprobe,
-        exclude_context=exclude_context,
-        n_boot=n_boot,
-        seed=cfg.seed,
-        progress=stage("evaluating"),
-        protocol=protocol,
-    )
+    suite = spec.evaluate_suite(cfg, models, windows, bank, train_windows=fit_on.get("train"),
+                                val_windows=fit_on.get("val"), index=index, nprobe=nprobe,
+                                exclude_context=exclude_context, n_boot=n_boot, seed=cfg.seed,
+                                progress=stage("evaluating"), protocol=protocol)  # fmt: skip
     if t.name not in suite:
         raise ConfigError(
             f"baseline {t.name} could not be evaluated: {suite.skipped.get(t.name, 'unknown reason')}"
@@ -320,54 +307,41 @@ def run_eval(
         latency = _latency(
             t, spec, windows, bank, fit_on, latency_n, exclude_context, index, nprobe, progress
         )
-
-    primary = suite[t.name]
-    gate_metrics = {k: v for k, v in primary.metrics.items()}
+    gate_metrics = dict(suite[t.name].metrics)
     if latency is not None:
         gate_metrics.update({k: v for k, v in latency.to_dict().items() if k.endswith("_ms") or k == "qps"})
     report = check_gates(gate_metrics, gate_spec) if gate_spec is not None else None
 
     suffix = ("" if protocol == OPEN else f"-{protocol}") + (f"-{head}" if head else "")
     out = Path(out) if out is not None else default_out(t, split, suffix)
-    info = {
-        "protocol": protocol,
-        "head": head,
-        "target": t.spec,
-        "kind": t.kind,
-        "primary": t.name,
-        "described": t.describe(),
-        "still_training": t.live,
-        "model": _describe_model(t),
-        "split": split,
-        "split_source": split_source,
-        "split_sha256": sp.hash,
-        "task": cfg.task,
-        "unit": spec.unit,
-        "n_queries": len(windows),
-        "queries_capped_at": cap,
-        "windows": window_info(cfg, split),
-        "bank": str(bank.path),
-        "bank_id": bank.manifest.bank_id,
-        "encoder": bank.encoder.describe(),
-        "trained_on_bank_id": t.trained_on.get("bank_id"),
-        "exclude_context": bool(exclude_context),
-        "index": primary.info.get("index"),
-        "nprobe": primary.info.get("nprobe"),
-    }
+    info = {"protocol": protocol, "head": head, **_target_info(t), "split": split, "split_source": split_source,
+            "split_sha256": sp.hash, "task": cfg.task, "unit": spec.unit, "n_queries": len(windows),
+            "queries_capped_at": cap, "windows": window_info(cfg, split), **_bank_info(bank, t, suite[t.name]),
+            "exclude_context": bool(exclude_context)}  # fmt: skip
+    columns = spec.table_columns(cfg)
+    metrics_json, metrics_md = _write(out, info, suite, latency, report, columns)
+    return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info, columns)
+
+
+def _target_info(t: Target) -> dict[str, Any]:
+    return {"target": t.spec, "kind": t.kind, "primary": t.name, "described": t.describe(),
+            "still_training": t.live, "model": _describe_model(t)}  # fmt: skip
+
+
+def _bank_info(bank: VectorBank, t: Target, primary) -> dict[str, Any]:
+    return {"bank": str(bank.path), "bank_id": bank.manifest.bank_id, "encoder": bank.encoder.describe(),
+            "trained_on_bank_id": t.trained_on.get("bank_id"), "index": primary.info.get("index"),
+            "nprobe": primary.info.get("nprobe")}  # fmt: skip
+
+
+def _write(out: Path, info, suite: SuiteResult, latency, report, columns) -> tuple[Path, Path]:
+    """OUT/metrics.json (info, the suite, latency, gates) and OUT/metrics.md."""
     metrics_json, metrics_md = out / "metrics.json", out / "metrics.md"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        metrics_json,
-        {
-            **info,
-            **suite.to_dict(),
-            "latency": latency.to_dict() if latency is not None else None,
-            "gates": report.to_dict() if report is not None else None,
-        },
-    )
-    write_text(metrics_md, _markdown(info, suite, latency, report, spec.table_columns(cfg)))
-    columns = spec.table_columns(cfg)
-    return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info, columns)
+    write_json(metrics_json, {**info, **suite.to_dict(), "latency": latency.to_dict() if latency else None,
+                              "gates": report.to_dict() if report is not None else None})  # fmt: skip
+    write_text(metrics_md, _markdown(info, suite, latency, report, columns))
+    return metrics_json, metrics_md
 
 
 def target_predictor(t: Target, bank: VectorBank, fit_on: dict[str, WindowSet]):

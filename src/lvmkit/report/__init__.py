@@ -9,6 +9,7 @@ output directory, also makes a report):
     metrics.json      the results table against the baselines with 95% intervals, the offset sweep, per-label
                       results, latency and gate outcomes. ``RUN/eval-test/metrics.json`` (written by
                       ``lvmkit eval RUN``, with latency and gates) is preferred over the trainer's ``RUN/metrics.json``
+                      when it scored the same queries (split, count, bank); else the run's own numbers are shown
     config.yaml       the resolved config, shown verbatim; its epoch gates are re-checked against history.jsonl
     status.json       state, best epoch
 
@@ -112,11 +113,13 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if (path / "config.yaml").is_file():
         run.config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
         run.config = _read(path / "config.yaml", "every checkpoint of the run holds its config") or {}
+    found = []
     for rel in METRICS_CANDIDATES:
         if (path / rel).is_file():
             fix = f"`lvmkit eval {path}` writes it again" + (" (with --out)" if "/" in rel else "")
-            run.metrics, run.metrics_source = _read(path / rel, fix), path / rel
-            break
+            found.append((_read(path / rel, fix), path / rel))
+    if found:
+        run.metrics, run.metrics_source = found[0] if _same_queries(found) else found[-1]
     if not (run.history or run.metrics or run.config):
         raise ArtifactError(
             f"{path} holds none of history.jsonl, metrics.json, config.yaml: not a run directory made by "
@@ -124,6 +127,16 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         )
     run.training_gates = recheck_training_gates(run.config, run.history)
     return run
+
+
+def _same_queries(found: list[tuple[dict, Path]]) -> bool:
+    """Whether ``lvmkit eval``'s output (first) scored the same queries as the trainer's metrics.json (last):
+    same split, count and bank. Otherwise the report keeps the run's own numbers rather than switch query sets
+    (e.g. an eval with --max-queries, another --split or bank)."""
+    if len(found) < 2:
+        return True
+    ev, own = found[0][0] or {}, found[-1][0] or {}
+    return all(ev.get(k) == own.get(k) for k in ("split", "n_queries", "bank_id"))
 
 
 def _read(path: Path, fix: str) -> Any:

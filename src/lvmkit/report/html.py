@@ -112,8 +112,13 @@ def results_table(metrics: dict[str, Any], primary: str | None, compact: bool = 
     first = next(iter(results.values())).get("info") or {}
     excl = "excluded" if first.get("exclude_context", True) else "left in"
     nprobe = f", nprobe {first['nprobe']}" if first.get("nprobe") is not None else ""
+    from lvmkit.eval.protocol import OPEN, describe_candidates
+
+    where = describe_candidates(
+        first.get("protocol", OPEN), first.get("bank_size", "?"), first.get("mean_candidates")
+    )
     note = (
-        f"Full-bank search over {first.get('bank_size', '?')} chunks ({escape(str(first.get('index')))} index{nprobe}); "
+        f"{escape(where[0].upper() + where[1:])} ({escape(str(first.get('index')))} index{nprobe}); "
         f"context rows {excl}; CA in batches of {first.get('ca_batch', '?')}; rates in %, 95% bootstrap intervals."
     )
     return (

@@ -38,6 +38,14 @@ def results_table(metrics: dict[str, Any], primary: str | None) -> list[str]:
             + f" | {_v('offset_margin', r.get('metrics', {}).get('offset_margin'))}{flag} | "
             f"{(r.get('info') or {}).get('n_queries', '')} |"
         )
+    if results:
+        from lvmkit.eval.protocol import OPEN, describe_candidates
+
+        first = next(iter(results.values())).get("info") or {}
+        where = describe_candidates(
+            first.get("protocol", OPEN), first.get("bank_size", "?"), first.get("mean_candidates")
+        )
+        lines += ["", where[0].upper() + where[1:] + "."]
     return lines
 
 

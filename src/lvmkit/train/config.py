@@ -182,6 +182,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     from lvmkit.tasks import TASKS, run_config_adapter
 
     raw = {"task": "lvm", **raw}
+    if raw.get("twotower", "") is None:  # written by lvmkit before the task spec: an LVM run's empty section
+        raw = {k: v for k, v in raw.items() if k != "twotower"}
     task = raw["task"]
     if not isinstance(task, str) or task not in TASKS:
         allowed = " or ".join(repr(t) for t in TASKS)
@@ -194,15 +196,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def read_yaml_config(
+    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (), what: str = "config file"
+) -> dict[str, Any]:
+    """The mapping in a YAML file ({} for None) with ``key=value`` overrides applied; ConfigError when the file
+    is missing, not YAML, or not a mapping (shared by run configs and cascade configs)."""
     raw: dict[str, Any] = {}
-    source = "config"
     if path is not None:
         path = Path(path)
-        source = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+            raise ConfigError(f"{what} {path} does not exist (see configs/ for examples)")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -212,6 +215,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(raw, keys, value)
+    return raw
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw = read_yaml_config(path, overrides)
+    source = "config" if path is None else str(path)
     if overrides:
         source += " (with --set " + " ".join(overrides) + ")"
     return config_from_dict(raw, source)

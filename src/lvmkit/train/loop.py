@@ -49,6 +49,7 @@ from lvmkit.train.config import RunConfig
 from lvmkit.train.runs import (
     RESUMABLE_CHANGES,
     RunPaths,
+    check_checkpoint_config,
     claim_run_dir,
     load_last,
     log,
@@ -238,6 +239,7 @@ def restore(t: Trainer, resume: bool) -> None:
     run = t.run
     if resume and run.last.exists():
         ckpt = load_last(run, map_location=t.dist.device)
+        check_checkpoint_config(run, ckpt, t.cfg)
         for name, module in t.modules.items():
             module.load_state_dict(ckpt["modules"][name])
         t.opt.load_state_dict(ckpt["optimizer"])

@@ -32,7 +32,7 @@ import psutil
 
 from lvmkit import locking
 from lvmkit.artifacts import read_json, read_jsonl, write_json, write_text
-from lvmkit.errors import ArtifactError, ConfigError
+from lvmkit.errors import ArtifactError, ConfigError, LvmkitError
 
 STATES = ("running", "finished", "stopped_gate", "stopped_nan", "early_stopped", "failed")
 
@@ -163,6 +163,24 @@ def load_last(run: RunPaths, map_location: Any = "cpu") -> dict[str, Any]:
             f"--resume: {e}. Restore {run.last} from a copy, or start the run over with "
             f"`lvmkit train CONFIG --out {run.root} --overwrite`"
         ) from None
+
+
+def check_checkpoint_config(run: RunPaths, ckpt: dict[str, Any], cfg) -> None:
+    """last.pt stores the config it was trained with; a config.yaml that differs from it in what is trained
+    (edited, or damaged: a truncated YAML still parses, with defaults) is refused before any weight loads."""
+    from lvmkit.train.config import config_diff, config_from_dict
+
+    try:
+        trained = config_from_dict(ckpt["config"], source=str(run.last))
+    except (KeyError, TypeError, LvmkitError):
+        return  # an older checkpoint without a readable config: the weights' own shapes decide
+    changed = [f for f in config_diff(trained, cfg) if not f.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ArtifactError(
+            f"--resume: {run.config} differs from the config {run.last} was trained with in {', '.join(changed)}: "
+            f"config.yaml was edited or damaged. Restore it (last.pt holds the original under 'config'), or "
+            f"start the run over with `lvmkit train CONFIG --out {run.root} --overwrite`"
+        )
 
 
 def _save_config(cfg, path: Path) -> None:

@@ -92,11 +92,15 @@ class TwoTowerSpec(TaskSpec):
         return str(ckpt["model"].get("name", "query_tower")), TwoTowerModel(query, doc).eval()
 
     def search_space(self, predictor: Any, bank) -> tuple[Any, Any]:
+        """The query tower and the bank as stored (identity document tower), or the bank re-encoded through
+        an adapter document tower (a ``DocBank`` with an exact index)."""
         from lvmkit.tasks.twotower.evaluate import TwoTowerModel
 
-        if isinstance(predictor, TwoTowerModel):
-            return predictor.query, predictor.docs(bank)
-        return predictor, bank
+        if not isinstance(predictor, TwoTowerModel):
+            return predictor, bank
+        if predictor.doc.spec.get("name", "identity") == "identity":
+            return predictor.query, bank
+        return predictor.query, predictor.docs(bank)
 
     def evaluate_suite(
         self, cfg, models: Mapping[str, Any], windows, bank, train_windows=None, val_windows=None, **kwargs
