@@ -52,6 +52,11 @@ if step cascade; then   # two small runs on the bank (budgets in README), then h
 fi
 if step serve; then   # loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror of the bank
   $PY benchmarks/bench_serve.py $BANK --run baseline:exp_weighted --requests 300 --phase-seconds 45 --soak-seconds 600
+  # the same at 32 clients after the keep-alive change, and a 5-minute soak with fewer malloc arenas:
+  $PY benchmarks/bench_serve.py $BANK --run baseline:exp_weighted --concurrency 32 --soak-seconds 0 --faiss-per-thread 0 \
+      --out benchmarks/results/serve_keepalive.json
+  MALLOC_ARENA_MAX=2 $PY benchmarks/bench_serve.py $BANK --run baseline:exp_weighted --modes direct --concurrency 8 \
+      --requests 50 --phase-seconds 20 --soak-seconds 300 --faiss-per-thread 0 --out benchmarks/results/serve_soak_arena2.json
 fi
 QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
 if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
