@@ -31,6 +31,7 @@ from lvmkit.data.splits import Split, make_split
 from lvmkit.data.windows import WindowBatch, WindowSet, make_windows
 from lvmkit.errors import ArtifactError, ConfigError
 from lvmkit.eval.evaluator import evaluate, evaluate_suite, format_table
+from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
 from lvmkit.train import distributed as D
@@ -148,6 +149,7 @@ class LVMTask(SamplerEpochs):
         val = windows("val").sample(d.max_eval_queries, cfg.seed + 1)
         test = windows("test").sample(d.max_test_queries, cfg.seed + 2)
         model = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
+        tune_anchor(model, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
         if not getattr(model, "trainable", True):
             raise ConfigError(
                 f"model.name={cfg.model.name!r} is a baseline with nothing to train; the trainer reports it "

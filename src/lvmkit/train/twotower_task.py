@@ -56,6 +56,7 @@ from lvmkit.data.windows import WindowBatch, WindowSet
 from lvmkit.errors import ConfigError
 from lvmkit.eval.bootstrap import paired_diff_ci
 from lvmkit.eval.evaluator import Comparison, EvalResult, evaluate, separation_on_bank
+from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import VectorQueue
 from lvmkit.models import build_model, describe
 from lvmkit.models.towers import build_doc_tower
@@ -383,6 +384,7 @@ class TwoTowerTask(SamplerEpochs):
         val = pairs("val").windows().sample(d.max_eval_queries, cfg.seed + 1)
         test = pairs("test").windows().sample(d.max_test_queries, cfg.seed + 2)
         query = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
+        tune_anchor(query, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
         if not getattr(query, "trainable", True):
             raise ConfigError(
                 f"model.name={cfg.model.name!r} is a baseline with nothing to train; two-tower runs report "
