@@ -43,11 +43,7 @@ from lvmkit.data import make_pairs, make_split
 from lvmkit.eval.tuning import fit_blend
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.train.checkpoint import load_checkpoint
-from lvmkit.train.config import load_config
-from lvmkit.train.loop import train
-from lvmkit.train.runs import RunPaths, read_status
-from lvmkit.train.twotower_task import (
+from lvmkit.tasks.twotower.task import (
     DocBank,
     compare_to_best,
     encode_bank,
@@ -55,6 +51,10 @@ from lvmkit.train.twotower_task import (
     raw_doc_bank,
     retrieval_table,
 )
+from lvmkit.train.checkpoint import load_checkpoint
+from lvmkit.train.config import load_config
+from lvmkit.train.loop import train
+from lvmkit.train.runs import RunPaths, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = (10, 100, 500)

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from lvmkit.artifacts import read_json, read_jsonl
 from lvmkit.errors import ConfigError, ProvenanceError
+from lvmkit.tasks.lvm import LVMTask
 from lvmkit.train.checkpoint import load_checkpoint, load_model
 from lvmkit.train.config import load_config
 from lvmkit.train.distributed import DistInfo
 from lvmkit.train.loop import make_optimizer, train, warmup_cosine
-from lvmkit.train.lvm_task import LVMTask
 from lvmkit.train.runs import RunPaths
 
 runner = CliRunner()

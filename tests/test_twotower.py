@@ -20,10 +20,7 @@ from lvmkit.errors import ConfigError
 from lvmkit.losses import info_nce
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.train.checkpoint import load_checkpoint
-from lvmkit.train.config import load_config
-from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.twotower_task import (
+from lvmkit.tasks.twotower.task import (
     AbortConfig,
     TwoTowerTask,
     abort_due,
@@ -31,6 +28,9 @@ from lvmkit.train.twotower_task import (
     twotower_logits,
     twotower_loss,
 )
+from lvmkit.train.checkpoint import load_checkpoint
+from lvmkit.train.config import load_config
+from lvmkit.train.gradcache import cached_forward, split_batch
 
 runner = CliRunner()
 D = 16

@@ -19,3 +19,11 @@ class ConfigError(LvmkitError):
 
 class CorpusError(LvmkitError):
     """Corpus input cannot be read; the message names the file and position."""
+
+
+class RequestError(LvmkitError):
+    """A request to the server (or an argument standing for one) is invalid; the API answers 422."""
+
+
+class NotFoundError(LvmkitError):
+    """A named thing (a run, a file under the runs directory) does not exist; the API answers 404."""

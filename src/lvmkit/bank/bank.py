@@ -5,6 +5,7 @@
       chunks.parquet   chunk_id, article_id, title, chunk_index, paragraph_index, heading, text, label
       manifest.json    BankManifest (encoder, chunker, corpus hash, counts, index parameters)
       index.faiss      optional FAISS index (see lvmkit.bank.index)
+      .lvmkit.lock     held while `lvmkit ingest` or `lvmkit index build` writes the bank (lvmkit.locking)
 
 Invariants checked on open: rows are grouped by article in corpus order and each article's chunks have
 chunk_index 0..n-1 in row order, so "the chunk after row r" is row r+1 when both share an article. The
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lvmkit import locking
 from lvmkit.artifacts import atomic_path, read_json, write_json, write_npy
 from lvmkit.bank.manifest import BankManifest, EncoderInfo, check_same_space
 from lvmkit.errors import ArtifactError
@@ -49,6 +51,11 @@ def text_hash(texts: Iterable[str]) -> str:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def lock_bank(path: str | Path, purpose: str) -> locking.Lock:
+    """Take the bank directory's writer lock ("ingest", "index build"); a second writer gets LockedError."""
+    return locking.acquire(path, purpose, "bank")
 
 
 class VectorBank:

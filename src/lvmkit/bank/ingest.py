@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lvmkit.artifacts import atomic_path, read_json, write_json, write_npy
-from lvmkit.bank.bank import CHUNK_SCHEMA, VectorBank, text_hash
+from lvmkit.bank.bank import CHUNK_SCHEMA, VectorBank, lock_bank, text_hash
 from lvmkit.bank.index import INDEX_FILE
 from lvmkit.bank.manifest import BankManifest, CorpusInfo
 from lvmkit.corpus import (
@@ -102,7 +102,6 @@ def ingest(
     overwrite       discard an existing bank or an interrupted ingest with other arguments in ``out``
     """
     out = Path(out)
-    work = out / WORK_DIR
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not allowed; use one of: {', '.join(DTYPES)}")
     if shard_size < 1 or (batch_size is not None and batch_size < 1):
@@ -111,6 +110,43 @@ def ingest(
         raise ConfigError(f"limit_articles must be >= 1 or None (got {limit_articles})")
     chunk_maker = make_chunker(chunker)
     source, fmt = _resolve_corpus(corpus, format)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"--out {out} exists and is not a directory")
+    with lock_bank(out, "ingest"):
+        return _ingest_locked(
+            source,
+            fmt,
+            out,
+            chunk_maker,
+            encoder,
+            backend,
+            limit_articles,
+            batch_size,
+            shard_size,
+            dtype,
+            device,
+            progress,
+            overwrite,
+        )
+
+
+def _ingest_locked(
+    source: Path,
+    fmt: str,
+    out: Path,
+    chunk_maker,
+    encoder: Any,
+    backend: str,
+    limit_articles: int | None,
+    batch_size: int | None,
+    shard_size: int,
+    dtype: str,
+    device: str,
+    progress: ProgressFn | None,
+    overwrite: bool,
+) -> VectorBank:
+    """The body of ``ingest``, run while this process holds the bank's lock."""
+    work = out / WORK_DIR
     _prepare_out(out, overwrite)
     enc = _load_encoder(encoder, backend, device)
 
@@ -337,8 +373,6 @@ def _load_encoder(encoder: Any, backend: str, device: str):
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a finished bank (unless ``overwrite``); with ``overwrite`` remove only lvmkit's
     own files (bank files, index, shards), never anything else that lives in the directory."""
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"--out {out} exists and is not a directory")
     manifest = out / VectorBank.MANIFEST
     if manifest.exists() and (out / WORK_DIR).exists():
         shutil.rmtree(out / WORK_DIR)  # left by a run killed after its manifest was written: stale

@@ -56,6 +56,7 @@ class BankManifest(BaseModel):
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     index: dict[str, Any] | None = None  # parameters of the FAISS index stored beside the vectors
+    lanes: dict[str, Any] | None = None  # lane schema + classifier of the lane columns (lvmkit.lanes.assign)
 
     @property
     def bank_id(self) -> str:

@@ -177,11 +177,21 @@ def index_build(
     Example: lvmkit index build banks/embedded --type ivf --nprobe 16
     """
     from lvmkit.bank import VectorBank
-    from lvmkit.bank.index import INDEX_TYPES, build_index, recall_against_exact, save_index
+    from lvmkit.bank.bank import lock_bank
+    from lvmkit.bank.index import INDEX_TYPES
 
     if type not in INDEX_TYPES:
         raise ConfigError(f"--type {type!r} is not an index type; allowed: {', '.join(INDEX_TYPES)}")
     vb = VectorBank.open(bank)
+    with lock_bank(vb.path, "index build"):
+        _build_and_save(vb, type, nlist, nprobe, m, ef_search, recall_sample)
+    params = ", ".join(f"{k}={v}" for k, v in vb.manifest.index.items() if k not in ("built", "dim"))
+    console.print(f"[bold green]index saved[/bold green] {vb.path / 'index.faiss'}  ({params})")
+
+
+def _build_and_save(vb, type: str, nlist, nprobe: int, m: int, ef_search: int, recall_sample: int) -> None:
+    from lvmkit.bank.index import build_index, recall_against_exact, save_index
+
     t0 = time.perf_counter()
     with console.status(f"building {type} index over {len(vb):,} x {vb.dim}-d vectors"):
         index = build_index(vb.vectors, type=type, nlist=nlist, nprobe=nprobe, hnsw_m=m, ef_search=ef_search)
@@ -191,8 +201,6 @@ def index_build(
             extra["recall@10"] = round(recall_against_exact(index, vb.vectors, k=10, sample=recall_sample), 4)
             extra["recall_sample"] = min(recall_sample, len(vb))
     save_index(vb, index, extra=extra)
-    params = ", ".join(f"{k}={v}" for k, v in vb.manifest.index.items() if k not in ("built", "dim"))
-    console.print(f"[bold green]index saved[/bold green] {vb.path / 'index.faiss'}  ({params})")
 
 
 # ------------------------------------------------------------------------------------------------ search

@@ -1,4 +1,4 @@
-"""``lvmkit diagnose bank | data | model``: findings as pass / warn / fail with the number and the threshold.
+"""``lvmkit diagnose bank | data | model | lanes``: findings as pass / warn / fail with the number and the threshold.
 
 Each command prints a table and writes ``diagnosis.json`` (``data`` also ``manifest.json``) into ``--out``.
 Exit status: 0 when no finding failed (warnings allowed), 1 when one did, 2 for a user error.
@@ -16,7 +16,9 @@ from lvmkit.cli.common import console, err_console, make_app
 EXIT_FINDING_FAILED = 1
 STYLE = {"pass": "green", "info": "cyan", "warn": "yellow", "fail": "bold red"}
 
-diagnose_app = make_app(help="Diagnose a bank, a run's data (preflight) or a trained model (postmortem).")
+diagnose_app = make_app(
+    help="Diagnose a bank, a run's data (preflight), a trained model (postmortem) or a bank's domain lanes."
+)
 
 
 def show(diagnosis, title: str) -> None:
@@ -148,6 +150,49 @@ def model_command(
     if d.get("collapse_margin").status != "pass":
         err_console.print("[yellow]compare with copy_last: lvmkit eval TARGET --bank BANK[/yellow]")
     finish(d, out)
+
+
+@diagnose_app.command("lanes")
+def lanes_command(
+    bank: Path = typer.Argument(
+        ..., help="A bank with lanes (`lvmkit lanes assign BANK --classifier DIR`).", show_default=False
+    ),
+    run: str = typer.Option(
+        "baseline:copy_last", "--run", help="A run directory, a checkpoint or baseline:NAME scored per lane."
+    ),
+    split: str = typer.Option("test", "--split", help="Split whose windows are scored per lane."),
+    max_queries: int = typer.Option(2000, "--max-queries", help="Windows scored (a seeded sample)."),
+    ctx: int = typer.Option(5, "--ctx", help="Context length for a baseline."),
+    classifier: Path = typer.Option(
+        None, "--classifier", help="Lane classifier for the confusion pairs (default: the one that assigned)."
+    ),
+    skew_warn: float = typer.Option(
+        0.40, "--skew-warn", help="Warn when one lane holds more than this share."
+    ),
+    weak_gap: float = typer.Option(0.07, "--weak-gap", help="A lane is weak below overall Hit@5 minus this."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Shares and confusions only (no retrieval)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (default diagnostics/lanes-NAME)."),
+) -> None:
+    """Lane shares (skew), per-lane Hit@5 with weak-lane flags, and the classifier's top confusion pairs."""
+    from lvmkit.diagnose.lanes import diagnose_lanes
+
+    d = diagnose_lanes(
+        bank,
+        None if no_eval else run,
+        split=split,
+        max_queries=max_queries,
+        ctx=ctx,
+        classifier=classifier,
+        skew_warn=skew_warn,
+        weak_gap=weak_gap,
+    )
+    title = f"lanes of bank {bank}"
+    if "n_queries" in d.stats:
+        title += f": {d.stats['target']} on {d.stats['n_queries']} {split} windows"
+    show(d, title)
+    if d.stats.get("weak_lanes"):
+        err_console.print(f"[yellow]weak lanes: {', '.join(d.stats['weak_lanes'])}[/yellow]")
+    finish(d, out or Path("diagnostics") / f"lanes-{_slug(bank)}")
 
 
 def _value(v) -> str:

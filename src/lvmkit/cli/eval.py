@@ -60,6 +60,17 @@ def eval_command(
         200, "--latency-n", help="Requests timed at batch size 1 (0 = skip latency)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
+    protocol: str = typer.Option(
+        "open",
+        "--protocol",
+        help="open: the whole bank is searched, the article unknown. in-article: the article is known and the "
+        "candidates are its chunks outside the context (an easier task; never compare with open numbers).",
+    ),
+    head: str = typer.Option(
+        None,
+        "--head",
+        help="Apply an alignment head fitted by `lvmkit align RUN` to the run's prediction: ridge or procrustes.",
+    ),
 ) -> None:
     """Score a run, checkpoint or baseline by full-bank search, beside every baseline.
 
@@ -109,12 +120,14 @@ def eval_command(
             latency_n=latency_n,
             seed=seed,
             progress=on_progress,
+            protocol=protocol,
+            head=head,
         )
 
     info = outcome.info
     console.print(
         f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} windows of "
-        f"{escape(info['bank'])} ({escape(info['encoder'])})"
+        f"{escape(info['bank'])} ({escape(info['encoder'])}); protocol [bold]{info['protocol']}[/bold]"
     )
     console.print(results_table(outcome.suite, outcome.target.name))
     print_comparisons(outcome.suite)

@@ -9,13 +9,16 @@ them as one red line and exits with status 2 (see ``lvmkit.cli.common``).
 
 from __future__ import annotations
 
+from lvmkit.cli import align as align_cli
 from lvmkit.cli import bank
 from lvmkit.cli import diagnose as diagnose_cli
 from lvmkit.cli import eval as eval_cli
+from lvmkit.cli import lanes as lanes_cli
 from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
 from lvmkit.cli import report as report_cli
 from lvmkit.cli import runs as runs_cli
+from lvmkit.cli import serve as serve_cli
 from lvmkit.cli import train as train_cli
 from lvmkit.cli.common import LvmkitGroup, make_app
 
@@ -36,6 +39,9 @@ app.command("eval")(eval_cli.eval_command)
 app.add_typer(diagnose_cli.diagnose_app, name="diagnose")
 app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
+app.add_typer(lanes_cli.lanes_app, name="lanes")
+app.command("align")(align_cli.align)
+app.command("serve")(serve_cli.serve)
 # ------------------------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,24 @@ STATE_STYLE = {
 }
 
 
+def _lock_note(s) -> str:
+    """Who holds RUN/.lvmkit.lock: ``held by pid 42 on host h since ... (training: lvmkit train ...)``."""
+    if s.lock_state == "free" or (s.lock is None and s.lock_state == "stale"):
+        return "free"
+    if s.lock_state == "held":
+        return f"held by {s.lock.describe()}"
+    if s.lock_state == "stale":
+        return f"stale (pid {s.lock.pid} is gone; the next `lvmkit train --resume` takes it over)"
+    return f"written on another host: {s.lock.describe()}"
+
+
+def _writer(s) -> str:
+    """Short form for the runs table: ``pid 42@host`` while a writer holds the run."""
+    if s.lock is None or s.lock_state == "free":
+        return "-"
+    return f"pid {s.lock.pid}@{s.lock.host}" + ("" if s.lock_state == "held" else f" ({s.lock_state})")
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -48,6 +66,7 @@ def status(run: Path = typer.Argument(..., help="A run directory made by `lvmkit
     )
     pid_note = "alive" if s.alive else "not running"
     table.add_row("process", pid_note)
+    table.add_row("lock", _lock_note(s))
     table.add_row("epoch", f"{_fmt(s.epoch)} / {_fmt(s.epochs)}")
     table.add_row("step", _fmt(s.step))
     if s.best_metric:
@@ -84,7 +103,7 @@ def list_(root: Path = typer.Argument(Path("runs"), help="Directory holding run 
         console.print(f"no runs under {root}")
         return
     table = Table(title=f"runs in {root}")
-    for col in ("run", "state", "epoch", "step", "best", "latest val_hit@5"):
+    for col in ("run", "state", "epoch", "step", "best", "latest val_hit@5", "writer"):
         table.add_column(col)
     for s in runs:
         state = s.display_state
@@ -96,5 +115,6 @@ def list_(root: Path = typer.Argument(Path("runs"), help="Directory holding run 
             _fmt(s.step),
             best,
             _fmt(s.latest.get("val_hit@5")),
+            _writer(s),
         )
     console.print(table)

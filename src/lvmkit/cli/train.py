@@ -49,7 +49,7 @@ def train(
     from lvmkit.errors import ConfigError
     from lvmkit.train.config import load_config
     from lvmkit.train.loop import train as run_training
-    from lvmkit.train.runs import RunPaths, launch_detached
+    from lvmkit.train.runs import RunPaths, launch_detached, lock_run
 
     run = RunPaths(out)
     if config is None and resume:
@@ -58,6 +58,7 @@ def train(
     if detach:
         if not resume and (run.status.exists() or run.last.exists()):
             raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
+        lock_run(run).release()  # a run being trained is refused here, not later in the background
         argv = ([str(config)] if config is not None else []) + ["--out", str(out), "--quiet"]
         argv = ["train", *argv]
         argv += [f"--set={o}" for o in overrides] + (["--resume"] if resume else [])

@@ -153,6 +153,17 @@ def diagnose_model(
     return d
 
 
+def target_predictor(t, bank: VectorBank, sp, wkw: dict, train, seed: int):
+    """The predictor of a resolved target (``eval.command.Target``): a run's model, or a baseline built the
+    way ``lvmkit eval`` builds it (ridge fitted on ``train`` windows, blend tuned on val, oracle = the truth)."""
+    if t.kind != "baseline":
+        return t.predictor
+    from lvmkit.eval.command import _baseline_predictor, val_windows
+
+    base_seed = t.config.seed if t.config is not None else seed
+    return _baseline_predictor(t.name, bank, train, val_windows(t, bank, sp, wkw, base_seed))
+
+
 def diagnose_target(
     target: str,
     bank: str | Path | VectorBank,
@@ -171,12 +182,7 @@ def diagnose_target(
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
     windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
-    predictor = t.predictor
-    if t.kind == "baseline":
-        from lvmkit.eval.command import _baseline_predictor, val_windows
-
-        base_seed = t.config.seed if t.config is not None else seed
-        predictor = _baseline_predictor(t.name, bank, train, val_windows(t, bank, sp, wkw, base_seed))
+    predictor = target_predictor(t, bank, sp, wkw, train, seed)
     dc = t.config.data if t.config is not None else None
     d = diagnose_model(
         predictor,

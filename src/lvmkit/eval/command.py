@@ -52,6 +52,7 @@ from lvmkit.eval.evaluator import (
 )
 from lvmkit.eval.gates import GateReport, check_gates, load_gates
 from lvmkit.eval.latency import LatencyResult, measure_latency
+from lvmkit.eval.protocol import DESCRIPTION, OPEN, check_protocol
 from lvmkit.eval.tuning import fit_blend
 
 BASELINE_PREFIX = "baseline:"
@@ -95,7 +96,7 @@ def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Modu
 
 def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
     """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
-    from lvmkit.train.twotower_task import load_query_tower
+    from lvmkit.tasks.twotower.task import load_query_tower
 
     return load_query_tower(ckpt, path)
 
@@ -252,13 +253,14 @@ class EvalOutcome:
         return self.suite[self.target.name]
 
 
-def default_out(target: Target, split: str) -> Path:
-    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT."""
+def default_out(target: Target, split: str, suffix: str = "") -> Path:
+    """RUN/eval-SPLIT, CKPT_DIR/eval-SPLIT-STEM, or ./eval-baseline-NAME-SPLIT; ``suffix`` (e.g.
+    ``-in-article``, ``-ridge``) keeps other protocols and heads from overwriting the default."""
     if target.kind == "run":
-        return Path(target.spec) / f"eval-{split}"
+        return Path(target.spec) / f"eval-{split}{suffix}"
     if target.kind == "checkpoint":
-        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}"
-    return Path(f"eval-baseline-{target.name}-{split}")
+        return target.checkpoint.parent / f"eval-{split}-{target.checkpoint.stem}{suffix}"
+    return Path(f"eval-baseline-{target.name}-{split}{suffix}")
 
 
 def run_eval(
@@ -280,6 +282,8 @@ def run_eval(
     n_boot: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    protocol: str = OPEN,
+    head: str | None = None,
 ) -> EvalOutcome:
     """Evaluate ``target`` (RUN | CHECKPOINT | baseline:NAME) on ``split`` of ``bank``; see the module doc.
 
@@ -287,7 +291,10 @@ def run_eval(
     max_queries  cap on evaluated windows (a seeded sample); None: the run's max_test_queries / 10,000
     latency_n    requests timed at batch size 1 (0: no latency measurement)
     gates        a gates file (YAML / JSON) or an already-parsed spec
+    protocol     "open" (default) or "in-article" (``lvmkit.eval.protocol``); latency is timed under open only
+    head         an alignment head fitted by ``lvmkit align`` (ridge | procrustes), applied to the prediction
     """
+    check_protocol(protocol)
     if split not in SPLIT_NAMES:
         raise ConfigError(f"split {split!r} is not known; allowed: {', '.join(SPLIT_NAMES)}")
     if max_queries is not None and max_queries < 1:
@@ -295,6 +302,10 @@ def run_eval(
     gate_spec = load_gates(gates) if isinstance(gates, str | Path) else gates
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
+    if head is not None:
+        from lvmkit.heads.align import attach_head
+
+        attach_head(t, head, bank)
     sp, split_source = resolve_split(t, bank, split_file, split_ratios, split_seed)
 
     windows, train, wkw, cap, query_seed = build_windows(t, bank, sp, split, max_queries, ctx, seed)
@@ -317,6 +328,7 @@ def run_eval(
         n_boot=n_boot,
         seed=base_seed,
         progress=stage("evaluating"),
+        protocol=protocol,
     )
     if t.name not in suite:
         raise ConfigError(
@@ -324,7 +336,7 @@ def run_eval(
         )
 
     latency = None
-    if latency_n > 0:
+    if latency_n > 0 and protocol == OPEN:
         if progress is not None:
             progress("timing", 0, 1)
         predictor = t.predictor
@@ -342,8 +354,11 @@ def run_eval(
         gate_metrics.update({k: v for k, v in latency.to_dict().items() if k.endswith("_ms") or k == "qps"})
     report = check_gates(gate_metrics, gate_spec) if gate_spec is not None else None
 
-    out = Path(out) if out is not None else default_out(t, split)
+    suffix = ("" if protocol == OPEN else f"-{protocol}") + (f"-{head}" if head else "")
+    out = Path(out) if out is not None else default_out(t, split, suffix)
     info = {
+        "protocol": protocol,
+        "head": head,
         "target": t.spec,
         "kind": t.kind,
         "primary": t.name,
@@ -404,7 +419,9 @@ def _describe_model(t: Target) -> str:
 
 def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult | None, gates) -> str:
     lines = [
-        f"# {info['primary']}: {info['split']} split",
+        f"# {info['primary']}: {info['split']} split, protocol {info['protocol']}",
+        "",
+        f"Protocol {DESCRIPTION[info['protocol']]}.",
         "",
         info["described"] if info["kind"] == "baseline" else f"{info['described']}: {info['model']}",
         "",

@@ -42,6 +42,7 @@ from lvmkit.errors import ConfigError, ProvenanceError
 from lvmkit.eval import metrics as M
 from lvmkit.eval.bootstrap import bootstrap_many, paired_diff_ci
 from lvmkit.eval.metrics import TABLE_COLUMNS
+from lvmkit.eval.protocol import OPEN, ProtocolError, check_protocol, describe_candidates, in_article_search
 
 INDEX_CHOICES = (None, "flat", "ivf", "hnsw")
 CONTAIN_K = 50
@@ -120,6 +121,12 @@ class _Predict:
 def _batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
     for s in range(0, n, batch_size):
         yield np.arange(s, min(n, s + batch_size))
+
+
+def predict_all(predictor, windows, batch_size: int = 256) -> np.ndarray:
+    """float32 [W, d]: ``predictor``'s output for every window (a module in eval mode, restored after)."""
+    with _Predict(predictor) as predict:
+        return np.concatenate([predict(windows.batch(idx)) for idx in _batches(len(windows), batch_size)])
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -202,7 +209,16 @@ class EvalResult:
         out.update(self.metrics)
         for k, (lo, hi) in self.intervals.items():
             out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
-        for k in ("n_queries", "bank_size", "index", "nprobe", "exclude_context", "ca_batch", "collapse"):
+        for k in (
+            "protocol",
+            "n_queries",
+            "bank_size",
+            "index",
+            "nprobe",
+            "exclude_context",
+            "ca_batch",
+            "collapse",
+        ):
             out[k] = self.info.get(k)
         return out
 
@@ -265,6 +281,7 @@ def evaluate(
     seed: int = 0,
     n_boot: int = 1000,
     name: str = "model",
+    protocol: str = OPEN,
 ) -> EvalResult:
     """Score ``predictor`` on ``windows`` by full-bank search; see the module docstring for the metrics.
 
@@ -276,7 +293,10 @@ def evaluate(
     ca_batch    batch size of the contrastive-accuracy protocols (stated in the result)
     n_boot      bootstrap resamples per interval (0: no intervals)
     progress    ``progress(done, total)`` after each batch of windows
+    protocol    "open" (the whole bank) or "in-article" (the window's article's chunks outside the context;
+                exact search); see ``lvmkit.eval.protocol``. ``info["protocol"]`` names it.
     """
+    check_protocol(protocol)
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
         raise ConfigError(f"ks must be positive integers, got {ks}")
@@ -303,7 +323,12 @@ def evaluate(
                         f"{name}: predictor returned shape {p.shape}, expected ({len(idx)}, {bank.dim})"
                     )
                 ctx_rows = np.asarray(windows.context_rows(idx), dtype=np.int64)
-                e, ne = rank_with_and_without(si, p, ctx_rows, depth, nprobe=nprobe)
+                if protocol == OPEN:
+                    e, ne = rank_with_and_without(si, p, ctx_rows, depth, nprobe=nprobe)
+                else:
+                    arts = windows.article_of(idx)
+                    e = in_article_search(bank, p, arts, ctx_rows, depth)[1]
+                    ne = in_article_search(bank, p, arts, None, depth)[1]
                 preds.append(p)
                 targets.append(_numpy(batch.target).astype(np.float32, copy=False))
                 target_ids.append(_numpy(batch.target_ids).astype(np.int64, copy=False))
@@ -345,12 +370,13 @@ def evaluate(
             by_label = _by_label(target_labels, pq["hit@5"], pq["cos"])
 
     info = {
+        "protocol": protocol,
         "n_queries": int(n),
         "bank_size": len(bank),
         "bank_id": bank.manifest.bank_id,
         "encoder": bank.encoder.name,
-        "index": si.params.get("type"),
-        "nprobe": used_nprobe,
+        "index": si.params.get("type") if protocol == OPEN else "exact",
+        "nprobe": used_nprobe if protocol == OPEN else None,
         "exclude_context": bool(exclude_context),
         "ks": list(ks),
         "ca_batch": int(ca_batch),
@@ -358,6 +384,9 @@ def evaluate(
         "n_boot": int(n_boot),
         "seed": int(seed),
     }
+    if protocol != OPEN:  # candidates per query: the article's chunks minus the real context rows
+        lengths = np.diff(bank.article_starts)[codes[truth]]
+        info["mean_candidates"] = float(np.mean(lengths - windows.n_real(np.arange(n))))
     pq["offset_cos"] = sweep.cos
     return EvalResult(name, metrics, intervals, info, sweep.to_dict(), by_label, pq)
 
@@ -596,9 +625,13 @@ def format_table(results: Mapping[str, EvalResult]) -> str:
     i = first.info
     excl = "excluded" if i["exclude_context"] else "left in"
     nprobe = f", nprobe {i['nprobe']}" if i.get("nprobe") is not None else ""
+    protocols = {r.info.get("protocol", OPEN) for r in results.values()}
+    if len(protocols) > 1:
+        raise ProtocolError(f"one table mixes protocols {sorted(protocols)}; make one table per protocol")
+    where = describe_candidates(i.get("protocol", OPEN), i["bank_size"], i.get("mean_candidates"))
     lines += [
         "",
-        f"Full-bank search over {i['bank_size']} chunks (bank {i['bank_id']}, {i['index']} index{nprobe}); "
+        f"{where.capitalize()} (bank {i['bank_id']}, {i['index']} index{nprobe}); "
         f"context rows {excl}; CA in batches of {i['ca_batch']}; rates in %, 95% bootstrap intervals.",
     ]
     blend = getattr(results, "fitted", {}).get("blend")

@@ -38,14 +38,14 @@ from lvmkit.eval.gates import check_gates
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lvmkit.train.config import RunConfig, config_diff, load_config, save_config
-from lvmkit.train.runs import RunPaths, now, write_status
+from lvmkit.train.runs import RunPaths, lock_run, now, write_status
 from lvmkit.train.triage import gate_rules, write_gate_triage, write_nan_triage
 
 # Tasks by config name ("module:Class"); each class has ``from_config(cfg, run, dist, rng, resume)``.
 # The two-tower task registers itself here with one line.
 TASKS: dict[str, str] = {
-    "lvm": "lvmkit.train.lvm_task:LVMTask",
-    "twotower": "lvmkit.train.twotower_task:TwoTowerTask",
+    "lvm": "lvmkit.tasks.lvm:LVMTask",
+    "twotower": "lvmkit.tasks.twotower.task:TwoTowerTask",
 }
 
 # Fields that may change between a run and its resume: they do not alter the trajectory already trained.
@@ -130,10 +130,12 @@ def train(
     main = dist.is_main
     emit = on_event if (on_event is not None and main) else (lambda kind, info: None)
     owns_run = False  # set once the run directory is ours to mark "failed"
+    lock = None
     try:
-        # 1. The run directory: a fresh one gets config.yaml; a resume must match it.
+        # 1. The run directory: locked (one writer), a fresh one gets config.yaml; a resume must match it.
         check_gate_epochs(cfg)
         if main:
+            lock = lock_run(run)
             cfg = prepare_run_dir(run, cfg, resume)
             owns_run = True
         cfg = D.broadcast_from_main(cfg, dist)
@@ -434,6 +436,8 @@ def train(
             write_status(run, "failed", message=f"{type(e).__name__}: {e}")
         raise
     finally:
+        if lock is not None:
+            lock.release()
         D.shutdown(dist)
 
 

@@ -12,6 +12,7 @@
       triage.md       why the run stopped and what to try (gate failure or NaN)
       metrics.json/md final evaluation on the test split beside the baselines
       train.pid       process id of a detached run;  stdout.log  its console output
+      .lvmkit.lock    held while a process trains the run (lvmkit.locking): a second writer is refused
 
 ``status.json["state"]`` is one of STATES. A run whose state is "running" but whose process is gone was
 killed (or crashed hard); ``lvmkit train ... --resume`` continues it from last.pt.
@@ -27,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from lvmkit import locking
 from lvmkit.artifacts import read_json, read_jsonl, write_json
 from lvmkit.errors import ArtifactError
 
@@ -55,6 +57,13 @@ class RunPaths:
     metrics_md = property(lambda self: self.root / "metrics.md")
     pid = property(lambda self: self.root / "train.pid")
     stdout = property(lambda self: self.root / "stdout.log")
+
+
+def lock_run(run: RunPaths) -> locking.Lock:
+    """Take the run directory's lock for training (``LockedError`` naming the holder if another has it)."""
+    return locking.acquire(
+        run.root, "training", "run", hint=f"Follow it with `lvmkit runs status {run.root}`."
+    )
 
 
 def now() -> str:
@@ -108,6 +117,8 @@ class RunSummary:
     windows_per_s: float | None = None
     eta_s: float | None = None
     message: str | None = None
+    lock: locking.Holder | None = None  # who holds (or last held) RUN/.lvmkit.lock
+    lock_state: str = "free"  # free | held | stale | unknown (see lvmkit.locking.holder)
 
     @property
     def display_state(self) -> str:
@@ -139,6 +150,7 @@ def summarize(run_dir: str | os.PathLike) -> RunSummary:
         windows_per_s=rate,
         message=st.get("message"),
     )
+    summary.lock, summary.lock_state = locking.holder(run.root)
     if summary.display_state == "running" and rate:
         summary.eta_s = remaining_windows(st) / rate
     return summary

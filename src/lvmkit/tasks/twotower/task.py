@@ -60,11 +60,11 @@ from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import VectorQueue
 from lvmkit.models import build_model, describe
 from lvmkit.models.towers import build_doc_tower
+from lvmkit.tasks.lvm import SamplerEpochs, open_bank_and_split, train_sampler
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
 from lvmkit.train.config import RunConfig
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.lvm_task import SamplerEpochs, open_bank_and_split, train_sampler
 from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, mine_negatives, parse_schedule
 from lvmkit.train.runs import RunPaths
 
@@ -691,7 +691,7 @@ def load_query_tower(ckpt: dict[str, Any], path: str | Path = "the checkpoint") 
         raise ConfigError(
             f"{path} is a two-tower run with document tower {doc!r}: its queries only make sense against the "
             "bank re-encoded through that tower. Its test numbers are in the run's metrics.json (computed that "
-            "way); to score it elsewhere use lvmkit.train.twotower_task.evaluate_retrieval with "
+            "way); to score it elsewhere use lvmkit.tasks.twotower.task.evaluate_retrieval with "
             "TwoTowerTask.doc_bank()"
         )
     if "model" not in ckpt.get("modules", {}):

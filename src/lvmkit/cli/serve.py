@@ -1,0 +1,110 @@
+"""``lvmkit serve BANK --run RUN``: the HTTP API and the web page (needs the extra ``lvmkit[serve]``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lvmkit.cli.common import console
+from lvmkit.errors import ConfigError
+
+
+def serve(
+    bank: Annotated[
+        Path, typer.Argument(help="A bank directory (from `lvmkit ingest`).", show_default=False)
+    ],
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="The run that answers /v1/next: a run directory, a checkpoint, a run name under --runs-dir, or "
+            "baseline:NAME (copy_last, mean_ctx, exp_weighted). Default: baseline:copy_last.",
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of runs shown by /v1/runs and the dashboard (default: the --run's parent)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind. Anything but loopback requires --token / LVMKIT_TOKEN.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (0: any free port, printed at start).")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token every /v1 call but health must send (default: $LVMKIT_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+    max_context: Annotated[int, typer.Option(help="Most context chunks one /v1/next request may send.")] = 64,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes.")] = 1 << 20,
+    nprobe: Annotated[
+        int | None, typer.Option(help="ivf: clusters searched (hnsw: efSearch); default: the index's own.")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Query encoder backend (default: the bank's own; onnx-int8 is faster on CPU)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Encoder device: cpu, cuda, mps, auto.")] = "cpu",
+) -> None:
+    """Serve BANK over HTTP: search, next-chunk prediction beside copy_last, and a dashboard of training runs.
+
+    The page is at http://HOST:PORT/ and the API's documentation at /docs. By default the server listens on
+    127.0.0.1 only; --host 0.0.0.0 exposes it and then needs a token. It writes no files.
+
+    Example: lvmkit serve quickstart_out/bank --run quickstart_out/runs/gru
+    """
+    try:
+        import uvicorn
+
+        from lvmkit.serve.app import create_app
+    except ImportError as e:
+        raise ConfigError(f"lvmkit serve needs the serve extra: pip install 'lvmkit[serve]' ({e})") from None
+    from lvmkit.serve.limits import check_exposure
+    from lvmkit.serve.schemas import Limits
+    from lvmkit.serve.service import Service
+
+    token = token or os.environ.get("LVMKIT_TOKEN") or None
+    check_exposure(host, token)
+    try:
+        limits = Limits(max_context_chunks=max_context, max_body_bytes=max_body)
+    except ValueError as e:
+        raise ConfigError(f"--max-context / --max-body: {e}") from None
+    with console.status(f"opening {bank} and loading {run or 'baseline:copy_last'}"):
+        service = Service.open(
+            bank, run, runs_dir, backend=backend, device=device, nprobe=nprobe, limits=limits
+        )
+    names = ", ".join(service.models.names())
+    console.print(
+        f"bank {bank} ({len(service.bank):,} chunks, {service.bank.encoder.describe()}); /v1/next answered by {names}"
+    )
+    if service.runs_dir:
+        console.print(f"runs: {service.runs_dir}")
+    app = create_app(service, token=token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    _announce_when_started(server, host, token)
+    server.run()
+
+
+def _announce_when_started(server, host: str, token: str | None) -> None:
+    """Print the address once uvicorn has bound it (the port may have been 0: any free port)."""
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets=sockets)
+        for s in server.servers:
+            for sock in s.sockets:
+                port = sock.getsockname()[1]
+                shown = f"[{host}]" if ":" in host else host
+                console.print(f"serving on http://{shown}:{port}/  (API docs: /docs)", highlight=False)
+                if token:
+                    console.print("every /v1 call but /v1/health needs 'Authorization: Bearer <token>'")
+                return
+
+    server.startup = startup
