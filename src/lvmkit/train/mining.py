@@ -1,4 +1,6 @@
-"""Curriculum hard-negative mining for the two-tower retriever.
+"""Curriculum hard-negative mining for the two-tower retriever, and in-article negatives for LVMs
+(``article_negative_rows``: the window's own article's chunks just after the target and just before the
+context, used by the loss option ``inarticle_offsets``).
 
 The curriculum
 --------------
@@ -386,3 +388,27 @@ def format_mining_stats(stats: dict[str, Any]) -> str:
         f"same_article {stats['dropped_same_article']}, near_dup {stats['dropped_near_dup']}, "
         f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}"
     )
+
+
+# ------------------------------------------------------------------------------ in-article negatives
+def article_negative_rows(
+    article_codes: np.ndarray, target_rows: np.ndarray, n_context: np.ndarray, offsets
+) -> np.ndarray:
+    """[B, K] bank rows of each window's in-article hard negatives (-1 where there is none).
+
+    For a window whose target is row ``t`` with ``n`` real context rows ``t-n .. t-1``, offset ``k > 0`` is
+    row ``t + k`` and ``k < 0`` row ``t - n + k`` (the |k|-th chunk before the window); a row outside the
+    bank or in another article is -1. Context and target rows are never chosen (0 is not an offset). The
+    loss then masks near-duplicates of the target (``losses.near_duplicates``), the same rule as InfoNCE's.
+    """
+    codes = np.asarray(article_codes)
+    t = np.asarray(target_rows, dtype=np.int64)[:, None]
+    n = np.asarray(n_context, dtype=np.int64)[:, None]
+    k = np.asarray(list(offsets), dtype=np.int64)[None, :]
+    if (k == 0).any():
+        raise ConfigError("in-article negative offsets must be non-zero (offset 0 is the target itself)")
+    rows = np.where(k > 0, t + k, t - n + k)
+    inside = (rows >= 0) & (rows < len(codes))
+    same = np.zeros_like(inside)
+    same[inside] = codes[rows[inside]] == np.broadcast_to(codes[t], rows.shape)[inside]
+    return np.where(inside & same, rows, -1)
