@@ -180,3 +180,19 @@ def test_a_run_with_anchor_mix_tunes_it_on_val_and_stores_it(make_bank, tmp_path
     assert (ckpt["model"]["anchor_w"], ckpt["model"]["anchor_alpha"]) == (want.w, want.alpha)
     assert model.anchor.kind == "mix" and model.anchor.tuned
     assert float(model.anchor.weights().detach().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_only_blend_and_mix_are_tuned(make_bank, tmp_path):
+    from lvmkit.data.windows import make_windows
+    from lvmkit.eval.tuning import tune_anchor
+
+    bank = make_bank(tmp_path, articles=[8] * 6, dim=D)
+    windows = make_windows(bank, None, "all", ctx=3)
+    for kw in ({"delta": True}, {"anchor": "exp_weighted"}, {"anchor": "blend", "anchor_w": 0.5}):
+        model = build_model("gru", D, hidden=8, layers=1, **kw)
+        assert tune_anchor(model, windows, bank) is None
+        assert model.spec["anchor_w"] == kw.get("anchor_w")  # untouched: None, or the given value
+    model = build_model("gru", D, hidden=8, layers=1, anchor="blend")
+    fit = tune_anchor(model, windows, bank)
+    assert fit is not None and model.spec["anchor_w"] == fit.w
+    assert float(model.anchor.w) == pytest.approx(fit.w)

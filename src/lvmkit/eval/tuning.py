@@ -119,8 +119,10 @@ def fit_blend(windows, bank: VectorBank, *, seed: int = 0, tuned_on: str = "val"
 def tune_anchor(model, windows, bank: VectorBank, *, seed: int = 0) -> BlendFit | None:
     """Start a ``blend`` / ``mix`` anchor whose ``anchor_w`` is null at the blend tuned on ``windows`` (the
     run's val windows), and write the chosen pair into ``model.spec``. Other models: no-op (None)."""
+    from lvmkit.models.anchors import TUNED_ANCHORS
+
     anchor = getattr(model, "anchor", None)
-    if anchor is None or getattr(anchor, "tuned", True):
+    if getattr(anchor, "kind", None) not in TUNED_ANCHORS or anchor.tuned:
         return None
     fit = tune_blend(windows, bank, seed=seed)
     anchor.set_blend(fit.w, fit.alpha)

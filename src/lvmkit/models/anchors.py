@@ -57,7 +57,7 @@ class Anchor(nn.Module):
             raise ConfigError(f"anchor {kind!r} is not known; allowed: {', '.join(ANCHORS)}")
         self.kind = kind
         self.alpha = check_alpha(alpha, "anchor_alpha")
-        tuned = w is not None  # blend / mix: False until (w, alpha) are chosen on val
+        tuned = w is not None or kind not in TUNED_ANCHORS  # blend / mix: False until chosen on val
         w = 0.5 if w is None else check_weight(w, "anchor_w")
         if kind == "blend":
             self.register_buffer("w", torch.tensor(float(w)))

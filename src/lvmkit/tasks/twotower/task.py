@@ -65,7 +65,14 @@ from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
 from lvmkit.train.config import RunConfig
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, mine_negatives, parse_schedule
+from lvmkit.train.mining import (
+    NegativeStore,
+    Schedule,
+    format_mining_stats,
+    mine_negatives,
+    parse_schedule,
+    resolve_stage,
+)
 from lvmkit.train.runs import RunPaths
 
 HEURISTICS = ("exp_weighted", "copy_last")
@@ -108,7 +115,11 @@ class TwoTowerConfig(BaseModel):
     margin: float | None = Field(None, ge=0, description="m of relu(m - (s_pos - max s_neg)); None = no term")
     margin_weight: float = Field(1.0, ge=0)
     schedule: str = Field("none", description="hard-negative curriculum, e.g. 0-5:none;6-30:8@0.82-0.92")
-    candidate_factor: int = Field(4, ge=1, description="mining looks at factor x count candidates per pair")
+    candidate_factor: int = Field(
+        4,
+        ge=1,
+        description="mining looks at factor x count candidates per pair (raised for percentile windows)",
+    )
     mining_batch: int = Field(512, ge=1, description="queries encoded at once when mining")
     gradcache_chunk: int | None = Field(None, ge=1, description="query sub-batch for GradCache; None = off")
     eval_ks: tuple[int, ...] = (10, 100, 500, 1000)
@@ -655,19 +666,32 @@ class TwoTowerTask(SamplerEpochs):
         mine_idx = np.arange(rank, len(self.train), world)
         queries = encode_windows(self.query, self.train, mine_idx, self.tt.mining_batch, self.dist.device)
         docs = self.doc_bank() if self.tt.doc_tower == "adapter" else self.bank
-        ids, stats = mine_negatives(
-            queries,
-            self.train_pair_ids[mine_idx],
+        rule_args = (
             self.train.targets[mine_idx],
             self.bank.article_codes,
             lambda q, k: docs.search(q, k),
             docs.get,
+        )
+        # a percentile window (8@p90-p99) becomes cosines of this epoch's query-neighbour distribution
+        stage, resolved = resolve_stage(
+            stage,
+            queries,
+            *rule_args,
+            self.tt.candidate_factor,
+            self.tt.false_negative_cos,
+            self.cfg.seed + epoch,
+        )
+        ids, stats = mine_negatives(
+            queries,
+            self.train_pair_ids[mine_idx],
+            *rule_args,
             stage.count,
             stage.lo,
             stage.hi,
             near_dup=self.tt.false_negative_cos,
-            candidate_factor=self.tt.candidate_factor,
+            candidate_factor=resolved.pop("candidate_factor"),
         )
+        stats.update(resolved)
         pair_ids = self.train_pair_ids[mine_idx]
         if world > 1:
             shares: list[Any] = [None] * world
