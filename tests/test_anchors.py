@@ -196,3 +196,40 @@ def test_only_blend_and_mix_are_tuned(make_bank, tmp_path):
     fit = tune_anchor(model, windows, bank)
     assert fit is not None and model.spec["anchor_w"] == fit.w
     assert float(model.anchor.w) == pytest.approx(fit.w)
+
+
+def test_from_start_keeps_the_untrained_anchor_unless_an_epoch_beats_it(make_bank, tmp_path):
+    """early_stopping.from_start: epoch 0 (the untrained model = its anchor) is scored on val and saved as
+    best.pt; with a learning rate too small to change anything no epoch beats it, so best.pt stays epoch 0."""
+    from lvmkit.artifacts import read_jsonl
+    from lvmkit.train.config import load_config
+    from lvmkit.train.loop import train
+    from lvmkit.train.runs import RunPaths
+
+    bank = make_bank(tmp_path, articles=[10] * 24, dim=D, seed=7)
+    cfg = load_config(
+        None,
+        [
+            f"bank={bank.path}",
+            "data.ctx=3",
+            "data.batch_size=16",
+            "data.max_eval_queries=40",
+            "model.name=gru",
+            "model.kwargs={hidden: 8, layers: 1, anchor: mean}",
+            "optim.lr=1e-12",
+            "optim.epochs=2",
+            "early_stopping.from_start=true",
+            "final_eval=false",
+        ],
+    )
+    out = tmp_path / "run"
+    status = train(cfg, out)
+    rows = [r for r in read_jsonl(RunPaths(out).history) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and status["best_epoch"] == 0
+    model, ckpt = load_model(RunPaths(out).best, bank=bank)
+    assert ckpt["progress"]["best_epoch"] == 0
+    ctx, mask = data(3)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model(ctx, mask).numpy(), numpy_anchor("mean", ctx.numpy(), mask.numpy()), atol=2e-6
+        )

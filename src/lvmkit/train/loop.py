@@ -229,6 +229,11 @@ def train(
         throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
         last_grad_norm: float | None = None
 
+        if main and cfg.early_stopping.from_start and p.step == 0 and p.best is None:
+            start_candidate(
+                task, cfg, run, p, checkpoint
+            )  # epoch 0: the untrained model competes for best.pt
+
         # 4. Epochs.
         decision: dict[str, Any] = {}  # the last end-of-epoch decision (stop, message, error)
         while p.epoch <= cfg.optim.epochs and p.stop is None:
@@ -439,6 +444,23 @@ def train(
         if lock is not None:
             lock.release()
         D.shutdown(dist)
+
+
+def start_candidate(task: Task, cfg: RunConfig, run: RunPaths, p: Progress, checkpoint) -> None:
+    """``early_stopping.from_start``: score the untrained model on val as epoch 0 (a history row) and save it
+    as best.pt, so the best checkpoint is chosen among epochs 0..N on val."""
+    metrics = {f"val_{k}": v for k, v in task.evaluate("val").items()}
+    metric = cfg.early_stopping.metric
+    if metric not in metrics:
+        return  # the first epoch's check names the problem
+    p.best, p.best_epoch = float(metrics[metric]), 0
+    append_jsonl(
+        run.history,
+        {"kind": "epoch", "epoch": 0, "step": 0, **metrics, "best": p.best, "best_epoch": 0, "time": now()},
+    )
+    p.history_rows += 1
+    log(run, f"epoch 0 (untrained start) | {metric} {p.best:.4f}")
+    checkpoint(run.best)
 
 
 def finish(
