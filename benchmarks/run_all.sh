@@ -40,18 +40,28 @@ if step quality; then   # same objective for every model: cosine + InfoNCE (tau 
 fi
 if step twotower; then $PY benchmarks/bench_twotower.py $BANK --epochs 3 --max-train-pairs 8000 --test-queries 1500; fi
 if step levers; then   # issue #10: anchors and in-article negatives, chosen on VAL (the test split is not read)
-  # the quickstart's own configs on the quickstart bank (lvmkit quickstart --out /work/qs), a small budget
-  $PY benchmarks/bench_levers.py --bank /work/qs/bank --base quickstart --models gru,amn --epochs 3 \
-      --max-train-windows 4000 --tag qs --out benchmarks/results/levers_quickstart.json \
-      --variant "delta=model.delta=true" --variant "blend=model.delta=false;model.kwargs.anchor=blend" \
-      --variant "mix=model.delta=false;model.kwargs.anchor=mix"
-  # enwiki ctx 5: anchor blend / mix, with and without in-article negatives (+1, +2, -1 at weight 0.5)
-  NEG='loss={cos: 1.0, infonce: 1.0, tau: 0.05, inarticle_offsets: [1, 2, -1], inarticle_weight: 0.5}'
-  $PY benchmarks/bench_levers.py --bank $BANK --models gru --ctx 5 --epochs 2 --max-train-windows 16000 \
-      --override "data.max_eval_queries=1000" --override "loss={cos: 1.0, infonce: 1.0, tau: 0.05}" \
-      --override "model.delta=false" --tag enwiki5 --out benchmarks/results/levers_enwiki_ctx5.json \
-      --variant "blend=model.kwargs.anchor=blend" --variant "mix=model.kwargs.anchor=mix" \
-      --variant "mix_neg=model.kwargs.anchor=mix;$NEG"
+  # the quickstart's configs on the quickstart bank (lvmkit quickstart --out /work/qs), a small budget; OLD = the
+  # quickstart objective before issue #10 (the base config now has the winning one: cos 0.1 + InfoNCE 1.0, lr 1e-4)
+  OLD='loss={cos: 1.0, infonce: 0.05, tau: 0.05};optim.lr=0.001;early_stopping.from_start=false'
+  NCE='loss={cos: 0.1, infonce: 1.0, tau: 0.05};early_stopping.from_start=false'
+  $PY benchmarks/bench_levers.py --bank /work/qs/bank --base quickstart --models gru --epochs 3 \
+      --max-train-windows 4000 --tag qs --out benchmarks/results/levers_quickstart_gru.json \
+      --variant "delta=model.delta=true;$OLD" --variant "blend=model.delta=false;model.kwargs.anchor=blend;$OLD" \
+      --variant "mix=model.delta=false;model.kwargs.anchor=mix;$OLD" \
+      --variant "mix_nce=model.delta=false;model.kwargs.anchor=mix;$NCE;optim.lr=0.001" \
+      --variant "mix_nce_lr=model.delta=false;model.kwargs.anchor=mix;$NCE;optim.lr=0.0001"
+  $PY benchmarks/bench_levers.py --bank /work/qs/bank --base quickstart --models amn --epochs 3 \
+      --max-train-windows 4000 --tag qs --out benchmarks/results/levers_quickstart_amn.json \
+      --variant "mix_nce_lr=model.delta=false;model.kwargs.anchor=mix;loss={cos: 0.1, infonce: 1.0, tau: 0.05};optim.lr=0.0001"
+  # enwiki ctx 5 (216k chunks): amn anchored at blend / mix, mix with in-article negatives (+1, +2, -1 at 0.5)
+  LOSS='loss={cos: 0.1, infonce: 1.0, tau: 0.05}'
+  NEG='loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1, 2, -1], inarticle_weight: 0.5}'
+  $PY benchmarks/bench_levers.py --bank $BANK --models amn --ctx 5 --epochs 2 --max-train-windows 5000 \
+      --override "data.max_eval_queries=500" --override "model.delta=false" --override "optim.lr=0.0003" \
+      --override "optim.warmup_steps=10" --override "$LOSS" \
+      --tag enwiki5 --out benchmarks/results/levers_enwiki_ctx5.json \
+      --variant "mix=model.kwargs.anchor=mix" --variant "mix_neg=model.kwargs.anchor=mix;$NEG" \
+      --variant "blend=model.kwargs.anchor=blend"
 fi
 if step scaling; then   # the best config at 4 training-set sizes and 4 context lengths, test split
   $PY benchmarks/bench_scaling.py --bank $BANK --model gru --override "model.delta=false" \
