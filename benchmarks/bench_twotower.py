@@ -40,17 +40,12 @@ from lvmkit.artifacts import read_jsonl, write_json, write_text
 from lvmkit.bank import VectorBank
 from lvmkit.bank.index import exact_index
 from lvmkit.data import make_pairs, make_split
+from lvmkit.eval.evaluator import compare_to_best, format_table
 from lvmkit.eval.tuning import fit_blend
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.tasks.twotower.task import (
-    DocBank,
-    compare_to_best,
-    encode_bank,
-    evaluate_retrieval,
-    raw_doc_bank,
-    retrieval_table,
-)
+from lvmkit.tasks.twotower.docbank import DocBank, encode_bank, raw_doc_bank
+from lvmkit.tasks.twotower.evaluate import evaluate_retrieval
 from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.loop import train
@@ -285,9 +280,15 @@ def main() -> None:
         query, docs, best_epochs[name] = load_tower(run_dir, bank, device)
         results[name] = evaluate_retrieval(query, test, docs, name=name, **kw)
     comparisons = {
-        m: compare_to_best(results, list(runs), m, n_boot=args.n_boot) for m in (f"recall@{k}" for k in KS)
+        m: compare_to_best(results, list(runs), list(HEURISTICS), m, n_boot=args.n_boot, tiebreak="mrr@10")
+        for m in (f"recall@{k}" for k in KS)
     }
-    table = retrieval_table(results, KS, comparisons["recall@500"])
+    columns = (*(f"recall@{k}" for k in KS), "mrr@10", "sep_margin")
+    table = (
+        format_table(results, columns)
+        + "\n"
+        + "\n".join(f"- {c.describe()}" for c in comparisons["recall@500"])
+    )
     extra = [
         f"- {c.model} vs {c.baseline} on {c.metric}: {100 * c.diff:+.2f} points "
         f"(paired 95% CI {100 * c.lo:+.2f} to {100 * c.hi:+.2f}): {c.verdict}"

@@ -3,6 +3,8 @@
     python benchmarks/render_report.py RUN [RUN ...]            # report of these runs -> screenshot
     python benchmarks/render_report.py --html report.html       # screenshot of an existing report
     python benchmarks/render_report.py --smoke                  # ~1 min: two tiny runs on a synthetic bank
+    python benchmarks/render_report.py --smoke --quickstart     # the quickstart's layout: two runs without
+                                                                # metrics.json + one comparison directory
 
 The page is opened from disk with networking disabled (no external resource can load, which is also a
 test of the report being self-contained). Chromium's ``--screenshot`` captures the window, so
@@ -66,8 +68,12 @@ def screenshot(html: Path, png: Path, width: int, height: int, timeout: float = 
     return elapsed
 
 
-def smoke_runs(work: Path) -> list[Path]:
-    """Two tiny real runs (gru, amn) on a synthetic bank with a learnable dynamic, each evaluated with gates."""
+def smoke_runs(work: Path, quickstart: bool = False) -> list[Path]:
+    """Two tiny real runs (gru, amn) on a synthetic bank with a learnable dynamic, each evaluated with gates.
+
+    ``quickstart``: as ``lvmkit quickstart`` lays them out instead: the runs train with final_eval off (no
+    metrics.json of their own) and are evaluated together by ``compare_runs`` into a ``comparison`` directory,
+    the third directory of the report."""
     import pyarrow as pa
 
     from lvmkit.bank import BankManifest, CorpusInfo, EncoderInfo, VectorBank
@@ -127,11 +133,20 @@ def smoke_runs(work: Path) -> list[Path]:
                 "optim.epochs=4",
                 "log_every_steps=5",
                 "gates=[{epoch: 1, metric: val_cos, min: 0.0}]",
+                f"final_eval={str(not quickstart).lower()}",
             ],
         )
         train(cfg, work / name)
-        run_eval(str(work / name), bank, gates=gates, latency_n=50)
+        if not quickstart:
+            run_eval(str(work / name), bank, gates=gates, latency_n=50)
         runs.append(work / name)
+    if quickstart:
+        from lvmkit.artifacts import write_json
+        from lvmkit.pipeline import compare_runs
+
+        suite, info = compare_runs({r.name: r for r in runs}, bank, max_queries=300)
+        write_json(work / "comparison" / "metrics.json", {**info, **suite.to_dict()})
+        runs.append(work / "comparison")
     return runs
 
 
@@ -140,6 +155,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path, help="run directories to report on")
     ap.add_argument("--html", type=Path, help="screenshot this existing report instead of building one")
     ap.add_argument("--smoke", action="store_true", help="build two tiny runs first (about a minute)")
+    ap.add_argument("--quickstart", action="store_true", help="with --smoke: the quickstart's layout")
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=3000)
     ap.add_argument("--out", type=Path, help="PNG path (default <results>/report_screenshot.png)")
@@ -157,7 +173,7 @@ def main() -> None:
             work = results / "runs"
             shutil.rmtree(work, ignore_errors=True)
             t0 = time.perf_counter()
-            runs = smoke_runs(work)
+            runs = smoke_runs(work, quickstart=args.quickstart)
             record["smoke_runs_s"] = time.perf_counter() - t0
         if not runs:
             sys.exit("give run directories, --html REPORT or --smoke")

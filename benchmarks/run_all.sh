@@ -82,3 +82,31 @@ if step bigbank; then   # NOT RUN (needs hours on this machine): the issue's >= 
       --schedule "1-3:none;4-7:8@p90-p99;8-10:16@p95-p99.5"
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
+if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols
+  CR=benchmarks/work/cascade_runs
+  [ -f $CR/gru/best.pt ] || $LV train configs/gru.yaml --out $CR/gru --set bank=$BANK --set optim.epochs=1 \
+      --set data.max_train_windows=20000 --set data.max_eval_queries=500 --set final_eval=false
+  [ -f $CR/tt/best.pt ] || $LV train configs/twotower_plain.yaml --out $CR/tt --set bank=$BANK --set data.ctx=20 \
+      --set optim.epochs=1 --set data.max_train_windows=6000 --set data.max_eval_queries=500 \
+      --set model.kwargs.hidden=128 --set twotower.memory=20000 --set final_eval=false
+  $PY benchmarks/bench_cascade.py --bank $BANK --lvm $CR/gru --twotower $CR/tt --work benchmarks/work/cascade \
+      --queries 1000 --rerank-train 1000 --latency-n 100 --lanes-from "${QS:-quickstart_out}/bank"  # topic labels
+fi
+if step serve; then   # (here: SERVE_RUN=/work/qs/runs/gru, the quickstart gru on the enwiki bank: same encoder) loopback load (1/8/32 clients, direct vs --batch-search), 10-minute RSS soak; IVF nprobe 64 in a mirror
+  $PY benchmarks/bench_serve.py $BANK --run "${SERVE_RUN:-quickstart_out/runs/gru}" --requests 300 --phase-seconds 45 --soak-seconds 600
+fi
+QS="${QS:-quickstart_out}"   # `lvmkit quickstart --out $QS`: the embedded-corpus bank (topic labels) and its amn run
+if step lanes; then   # lane classifier on the quickstart bank's topics; skew, per-lane Hit@5, lane rerank (val-chosen weight)
+  $PY benchmarks/bench_lanes.py --labelled $QS/bank --bank $QS/bank --run $QS/runs/amn --work /tmp/lanes-bench
+  # the classifier README reports: all 10,033 labelled leads (12 topics)
+  [ -f banks/embedded/manifest.json ] || $LV ingest embedded --out banks/embedded --backend onnx-int8
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lanes.py --labelled banks/embedded --bank $QS/bank --run $QS/runs/amn \
+      --work /tmp/lanes-bench-full --name full
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_lanes.py --labelled banks/embedded --bank $BANK --reuse --work /tmp/lanes-bench-full \
+      --name enwiki --ctx 5 --min-ctx 5 --queries 2000
+fi
+if step experts; then   # lane experts (16, top-2) vs the same amn backbone, ctx 5, val split
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 2 --max-train-windows 6000
+  OMP_NUM_THREADS=1 $PY benchmarks/bench_experts.py --bank $QS/bank --backbone amn --ctx 5 --epochs 4 --warmup 20 \
+      --runs /tmp/experts-bench-long --out benchmarks/results/experts_long.json
+fi

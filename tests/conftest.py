@@ -33,6 +33,22 @@ def random_unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def random_walk_vectors(
+    n_articles: int, length: int, dim: int, seed: int = 0, step: float = 0.6
+) -> np.ndarray:
+    """Articles as random walks on the sphere: each chunk is the previous one plus Gaussian noise (``step``),
+    normalised, so the next chunk is near the last one (copy_last and the context mean find it often)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_articles):
+        x = rng.standard_normal(dim)
+        for _ in range(length):
+            x = x + step * rng.standard_normal(dim)
+            x = x / np.linalg.norm(x)
+            rows.append(x)
+    return np.asarray(rows, dtype=np.float32)
+
+
 def build_bank(
     tmp_path: Path,
     articles: Sequence[int] = (5, 3, 8),

@@ -3,6 +3,11 @@
 
     bank = make_corpus_bank(tmp_path)                 # ~40 articles x 8 sentences, encoder hash:64
     run = train_tiny_run(bank, tmp_path / "runs" / "gru", epochs=2)
+    with Server(str(bank.path), "--run", str(run), cwd=tmp_path) as server:   # lvmkit serve, a free port
+        pw, browser = launch_chromium()                                     # Debian's chromium via Playwright
+
+benchmarks/serve_screenshot.py uses the same Server and launch_chromium, so the README's screenshots come from
+the page exactly as the browser test drives it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 WORDS = [
     "river",
     "mountain",
@@ -99,3 +114,61 @@ def train_tiny_run(bank, out: Path, epochs: int = 2, *extra: str) -> Path:
 
     train(load_config(None, [*tiny_overrides(bank.path, epochs), *extra]), out)
     return out
+
+
+class Server:
+    """``lvmkit serve`` in a child process on 127.0.0.1 and a free port (``--port 0``; the address is read from
+    its output). Use as a context manager; ``kill()`` sends SIGKILL."""
+
+    def __init__(
+        self, *args: str, cwd: Path, log: Path | None = None, env: dict | None = None, timeout: float = 180.0
+    ):
+        import os
+        import re
+        import subprocess
+        import sys
+        import time
+
+        self.log = Path(log) if log is not None else Path(cwd) / "serve.log"
+        cmd = [sys.executable, "-m", "lvmkit.cli.main", "serve", *args, "--port", "0"]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=open(self.log, "wb"),  # noqa: SIM115 (the child owns it)
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", self.log.read_text(errors="replace"))
+            if m:
+                self.url = m.group(1)
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError(f"lvmkit serve did not start: {self.log.read_text(errors='replace')}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.kill()
+
+
+def launch_chromium(executable: str = CHROMIUM):
+    """(playwright, browser): Debian's chromium driven by Playwright, no browser download. Stop both after use."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    return pw, pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

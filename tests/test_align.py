@@ -133,3 +133,28 @@ def test_align_cli(trained):
     assert "val hit@5" in res.output and (run / "heads" / "align-test.md").is_file()
     md = (run / "heads" / "align-test.md").read_text()
     assert "gru+ridge" in md and "gru+procrustes" in md and "copy_last" in md and "protocol open" in md
+
+
+def test_rerank_fit_cli_on_a_run(trained):
+    """`lvmkit rerank fit RUN` (on this module's trained run): the report names its protocol, the files land in
+    RUN/heads, and an article feature under open is refused with exit 2 and nothing written."""
+    bank, run = trained
+    args = [
+        "rerank",
+        "fit",
+        str(run),
+        "--retriever",
+        str(run),
+        "--k",
+        "20",
+        "--max-train",
+        "100",
+        "--max-val",
+        "40",
+    ]
+    bad = CliRunner().invoke(app, [*args, "--features", "score,next"])
+    assert bad.exit_code == 2 and "open protocol" in bad.output
+    assert not (run / "heads" / "reranker-open.json").exists()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "protocol **open**" in res.output and (run / "heads" / "reranker-open.json").is_file()

@@ -130,6 +130,7 @@ def test_config_describes_the_chunking():
         "spec": "words:64",
         "strategy": "words",
         "max_words": 64,
+        "max_chars": 2000,
         "segmenter": "blingfire",
         "segmenter_version": version,
         "sentence_fixes": True,

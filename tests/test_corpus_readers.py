@@ -226,7 +226,7 @@ def test_undetectable_format_names_path_and_formats(tmp_path):
 @pytest.mark.parametrize("bad", [{"format": "csv"}, {"limit_articles": -1}])
 def test_bad_arguments_are_config_errors(tmp_path, bad):
     path = write(tmp_path / "wiki_00", WIKI)
-    with pytest.raises(ConfigError, match="csv|limit_articles") as e:
+    with pytest.raises(ConfigError, match="csv|--limit-articles") as e:  # the CLI flag
         read_corpus(path, **bad)
     if "format" in bad:
         assert "jsonl" in str(e.value) and "embedded" in str(e.value)

@@ -226,10 +226,17 @@ def test_bad_inputs_raise_clear_errors(make_bank, tmp_path, bank, windows):
         evaluate(lambda b: np.zeros((len(b), 3)), windows, bank)
     with pytest.raises(ConfigError, match="nn.Module"):
         evaluate("copy_last", windows, bank)
-    with pytest.raises(ConfigError, match="has a flat index"):
+    with pytest.raises(ConfigError) as e:
         evaluate(oracle, windows, bank, index="ivf")
-    with pytest.raises(ConfigError, match="index='hnsw2'"):
+    assert str(e.value) == (
+        f"--index ivf was asked for but bank {bank.path} has a flat index; build one with `lvmkit index build "
+        f"{bank.path} --type ivf` or use --index flat for exact search"
+    )
+    with pytest.raises(ConfigError) as e:  # the CLI flag, not the Python keyword
         evaluate(oracle, windows, bank, index="hnsw2")
+    assert str(e.value) == (
+        "--index hnsw2 is not allowed; choose one of flat, ivf, hnsw (or leave it out: the bank's own index)"
+    )
     with pytest.raises(ConfigError, match="no windows"):
         evaluate(oracle, WindowSet(bank, np.zeros(0, dtype=np.int64), CTX), bank)
     other = make_bank(tmp_path, articles=LENGTHS, dim=16, seed=4)
@@ -274,11 +281,29 @@ def test_separation_on_bank_matches_brute_force(bank):
         assert got[i] == pytest.approx(s[pos[i]] - s[order].mean(), abs=1e-5)
 
 
-def test_measure_latency_smoke(bank, windows):
-    lat = measure_latency(copy_last, windows, bank, n=5, warmup=1, throughput_batch=8, throughput_queries=16)
-    assert 0 < lat.p50_ms <= lat.p95_ms <= lat.p99_ms
-    assert lat.qps > 0 and lat.n == 5 and lat.batch_size == 1 and lat.index == "flat"
-    assert set(lat.to_dict()) >= {"p50_ms", "p95_ms", "p99_ms", "qps"}
+def test_measure_latency_against_a_fake_clock(bank, windows, monkeypatch):
+    """A fake clock that only the predictor advances (3 ms per window): every request then takes exactly
+    3 ms of forward and 0 ms of search, and throughput is 1 / 3 ms. The calls are counted too."""
+    import types
+
+    from lvmkit.eval import latency as L
+
+    clock = {"t": 0.0}
+    calls: list[int] = []
+
+    def predictor(batch):
+        calls.append(len(batch))
+        clock["t"] += 0.003 * len(batch)
+        return batch.target.numpy()
+
+    monkeypatch.setattr(L, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    lat = measure_latency(predictor, windows, bank, n=5, warmup=2, throughput_batch=8, throughput_queries=20)
+    assert calls == [1] * 7 + [8] + [8, 8, 4]  # warm-up + timed requests, batched warm-up, 20 queries in 8s
+    for ms in (lat.p50_ms, lat.p95_ms, lat.p99_ms, lat.forward_p50_ms):
+        assert ms == pytest.approx(3.0, abs=1e-9)  # (float sums of 0.003 s steps)
+    assert lat.search_p50_ms == 0.0
+    assert lat.qps == pytest.approx(20 / (20 * 0.003))
+    assert lat.n == 5 and lat.batch_size == 1 and lat.index == "flat"
 
 
 # ------------------------------------------------------------------------------------------ suite

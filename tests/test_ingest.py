@@ -138,13 +138,13 @@ def test_articles_without_chunks_are_skipped_and_counted(mini_wiki, tmp_path, mo
     real = make_chunker("sentence")
 
     class DropsEvenArticles:
-        def chunk(self, article):
-            return [] if int(article.id) % 2 == 0 else real.chunk(article)
+        def chunk(self, article, stats=None):
+            return [] if int(article.id) % 2 == 0 else real.chunk(article, stats)
 
         def config(self):
             return real.config()
 
-    monkeypatch.setattr("lvmkit.bank.ingest.make_chunker", lambda spec: DropsEvenArticles())
+    monkeypatch.setattr("lvmkit.bank.ingest.make_chunker", lambda spec, **kw: DropsEvenArticles())
     bank = ingest(mini_wiki, tmp_path / "b", encoder=HASH, backend="hash")
     assert bank.manifest.corpus.skipped == {"empty_article": 1, "no_chunks": 6}
     assert bank.n_articles == 6 and set(bank.article_ids) == {str(100 + a) for a in range(1, 12, 2)}

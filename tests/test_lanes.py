@@ -28,7 +28,7 @@ TOPICS = ["People", "Geography", "Mathematics"]  # lanes 0, 2, 10 of the default
 TOPIC_LANE = {"People": 0, "Geography": 2, "Mathematics": 10}
 
 
-def topic_bank(make_bank, tmp_path, n_articles=60, chunks=4, dim=16, noise=0.6, seed=0, **kw):
+def topic_bank(make_bank, tmp_path, n_articles=60, chunks=4, dim=16, noise=0.6, seed=0, labelled=True, **kw):
     """Articles labelled with three topics; each chunk = its topic's centre + noise (so a linear model can
     separate them, but not perfectly)."""
     rng = np.random.default_rng(seed)
@@ -37,6 +37,7 @@ def topic_bank(make_bank, tmp_path, n_articles=60, chunks=4, dim=16, noise=0.6, 
     rows = np.repeat([TOPICS.index(x) for x in labels], chunks)
     v = centres[rows] + noise * rng.standard_normal((len(rows), dim))
     v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    labels = labels if labelled else None
     return make_bank(tmp_path, articles=[chunks] * n_articles, vectors=v, labels=labels, seed=seed, **kw)
 
 
@@ -238,3 +239,24 @@ def test_cli_fit_assign_and_schema_error(make_bank, tmp_path):
     )
     assert r.exit_code == 2 and "lanes.1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "c2").exists()
+
+
+def test_user_labels_file_replaces_the_label_column(make_bank, tmp_path):
+    from lvmkit.lanes.classifier import read_article_labels
+
+    bank = topic_bank(make_bank, tmp_path)
+    # the same topics supplied as a file, on a copy of the bank without labels
+    unlabelled = topic_bank(make_bank, tmp_path, name="unlabelled", labelled=False)
+    with pytest.raises(LvmkitError, match="no labels"):
+        fit_lane_classifier(unlabelled)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("article_id,label\n" + "".join(f"A{a:04d},{TOPICS[a % 3]}\n" for a in range(60)))
+    labels = read_article_labels(csv)
+    assert labels["A0004"] == "Geography"
+    a = fit_lane_classifier(bank, Cs=(1.0,))
+    b = fit_lane_classifier(unlabelled, Cs=(1.0,), labels=labels)
+    np.testing.assert_allclose(a.coef, b.coef)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"article_id": "A0000", "topic": "People"}\n')
+    with pytest.raises(ConfigError, match="missing field 'label'"):
+        read_article_labels(bad)

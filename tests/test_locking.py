@@ -217,3 +217,25 @@ def test_two_writers_on_one_run_and_resume_against_a_live_run(make_bank, tmp_pat
     assert steps == list(range(1, len(steps) + 1))  # every step once: no second writer added rows
     assert [r["epoch"] for r in read_jsonl(run.history) if r["kind"] == "epoch"] == [1, 2]
     assert not (out / LOCK_FILE).exists() and read_status(run)["state"] == "finished"
+
+
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """Some NFS / Lustre mounts refuse flock (ENOLCK): a live holder still refuses, a dead one is taken over."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    d = tmp_path / "bank"
+    child = hold_in_child(d)  # holds it with flock, and its pid is in the file
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    try:
+        h, _ = holder(d)
+        with pytest.raises(LockedError) as e:
+            acquire(d, "ingest", "bank")
+        assert str(e.value) == held_message(d, "bank", h)
+    finally:
+        kill(child)
+    with lock_dir(d, "ingest", "bank") as lock:
+        assert lock.took_over == h

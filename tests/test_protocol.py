@@ -110,3 +110,15 @@ def test_run_eval_names_its_protocol(make_bank, tmp_path):
     with pytest.raises(ProtocolError):
         run_eval("baseline:copy_last", bank, ctx=CTX, out=tmp_path / "x", latency_n=0, protocol="closed")
     assert not (tmp_path / "x").exists()
+
+
+def test_report_tables_name_the_protocol(bank):
+    from lvmkit.report.markdown import results_table
+
+    ws = make_windows(bank, None, "all", ctx=CTX, min_ctx=1, pad=True)
+    for protocol in (OPEN, IN_ARTICLE):
+        r = evaluate(lambda b: b.ctx[:, -1], ws, bank, protocol=protocol, n_boot=0)
+        text = "\n".join(
+            results_table({"results": {"m": json.loads(json.dumps(r.to_dict(), default=float))}}, "m")
+        )
+        assert f"Protocol {protocol}" in text

@@ -152,3 +152,38 @@ def test_two_tower_results_show_recall_columns():
     lvm = {"m": {"metrics": {"hit@5": 0.2, "hit@50": 0.5, "ca_inbatch": 0.9, "cos": 0.3}}}
     assert table_columns(lvm) == ["hit@5", "hit@50", "cos", "ca_inbatch"]
     assert table_columns(lvm, compact=True) == ["hit@5", "cos"]
+
+
+def test_runs_without_metrics_show_their_row_of_a_comparison_and_the_comparison_spans_the_page(
+    bank, tmp_path
+):
+    """The quickstart's layout: runs trained with final_eval off, plus a comparison directory (compare_runs)
+    whose metrics.json lists them under "runs". Each run card shows its own row of that table; the comparison
+    card spans the whole grid (no sideways scrolling in a third of the page)."""
+    a, b = fake_run(tmp_path, bank, "amn"), fake_run(tmp_path, bank, "gru")
+    for run in (a, b):
+        (run / "metrics.json").unlink()
+        (run / "metrics.md").unlink()
+    comparison = tmp_path / "comparison"
+    run_eval("baseline:mean_ctx", bank, ctx=3, out=comparison, latency_n=0)
+    metrics = load_run(comparison).metrics
+    metrics["runs"] = {"mean_ctx": str(a), "exp_weighted": str(b)}  # stand-ins for the models' rows
+    write_json(comparison / "metrics.json", metrics)
+    paths = build_report([a, b, comparison], tmp_path / "report.html")
+    html = paths.html.read_text()
+    assert "no metrics.json: the run is still training" not in html
+    for run, row in ((a, "mean_ctx"), (b, "exp_weighted")):
+        card = html.split(f"<h2>{run.name}</h2>")[1].split('<div class="card')[0]
+        assert f"its row <b>{row}</b> of the comparison <code>{comparison / 'metrics.json'}</code>" in card
+        assert f'<tr class="primary"><td>{row}</td>' in card  # its own row is the highlighted one
+        hit5 = metrics["results"][row]["metrics"]["hit@5"]
+        summary = html.split("<h2>summary</h2>")[1].split("</table>")[0]
+        assert (
+            f"<tr><td>{run.name}</td><td>{row}</td>" in summary and f"<td>{100 * hit5:.1f}<small>" in summary
+        )
+    assert html.count('<div class="card wide">') == 1
+    wide = html.split('<div class="card wide">')[1]
+    assert wide.startswith("<h2>comparison</h2>") and "<th>hit@50</th>" in wide  # the full table, not compact
+    assert ".runs > .card.wide { grid-column: 1 / -1; }" in html
+    md = paths.markdown.read_text()
+    assert "its row **mean_ctx** of the comparison" in md and "its row **exp_weighted**" in md

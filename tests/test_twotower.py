@@ -20,14 +20,9 @@ from lvmkit.errors import ConfigError
 from lvmkit.losses import info_nce
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.tasks.twotower.task import (
-    AbortConfig,
-    TwoTowerTask,
-    abort_due,
-    parse_twotower,
-    twotower_logits,
-    twotower_loss,
-)
+from lvmkit.tasks.twotower.config import AbortConfig
+from lvmkit.tasks.twotower.loss import twotower_logits, twotower_loss
+from lvmkit.tasks.twotower.task import TwoTowerTask, abort_due
 from lvmkit.train.checkpoint import load_checkpoint
 from lvmkit.train.config import load_config
 from lvmkit.train.gradcache import cached_forward, split_batch
@@ -273,18 +268,25 @@ def test_abort_rule_fires_exactly_when_specified(values, rule, due):
     "raw, fragment",
     [
         ({"tau": -1}, "twotower.tau: Input should be greater than 0"),
-        ({"temperature": 0.1}, "twotower.temperature: unknown field; allowed: pairs,"),
+        ({"temperature": 0.1}, "twotower.temperature: unknown field; allowed in twotower: pairs,"),
         ({"schedule": "0-5:none;5-9:8@0.8-0.9"}, "twotower.schedule: Value error, mining schedule stages"),
         (
             {"abort": {"below": 0.1, "after": 3}},
-            "twotower.abort.after: unknown field; allowed: metric, below",
+            "twotower.abort.after: unknown field; allowed in twotower.abort: metric, below",
+        ),
+        (
+            {"doc_kwargs": {"hiden": 8}},
+            "twotower.doc_kwargs.hiden: unknown field; allowed in twotower.doc_kwargs: hidden",
         ),
         ({"doc_tower": "mlp"}, "twotower.doc_tower: Input should be 'identity' or 'adapter'"),
     ],
 )
 def test_twotower_section_errors_name_the_field(raw, fragment):
+    """The twotower section is typed: load_config names the dotted field and what is allowed."""
+    from lvmkit.train.config import config_from_dict
+
     with pytest.raises(ConfigError) as e:
-        parse_twotower(raw)
+        config_from_dict({"task": "twotower", "bank": "b", "twotower": raw})
     assert fragment in str(e.value)
 
 
@@ -331,8 +333,15 @@ def test_pairs_cli_then_train_cli_with_curriculum(make_bank, tmp_path):
     assert "| bigru_pool |" in (out / "metrics.md").read_text()
     ckpt = load_checkpoint(out / "best.pt")
     assert set(ckpt["modules"]) == {"model", "doc", "memory"} and ckpt["doc_tower"]["name"] == "adapter"
-    res = invoke("eval", out, "--bank", bank.path, "--latency-n", 0)  # an adapter run cannot be scored as-is
-    assert res.exit_code == 2 and "document tower 'adapter'" in res.output, res.output
+    # `lvmkit eval RUN` reproduces the run's own final evaluation exactly: the same test pairs, the adapter's
+    # document bank, the same heuristics, numbers and comparison (the bank defaults to the run's)
+    res = invoke("eval", out, "--latency-n", 0)
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "eval-test/metrics.json").read_text())
+    assert again["n_queries"] == metrics["n_queries"] and again["task"] == "twotower"
+    assert again["results"] == metrics["results"]
+    assert again["comparisons"] == metrics["comparisons"]
+    assert "recall@10 95% CI" in res.output and "| bigru_pool |" in (out / "eval-test/metrics.md").read_text()
     res = invoke("runs", "status", out)
     assert res.exit_code == 0 and "finished" in res.output, res.output
 
@@ -387,19 +396,60 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_bank, tmp_path):
             torch.testing.assert_close(b["modules"][name][k], v, atol=0, rtol=0)
     assert "restored from the checkpoint" in (tmp_path / "crashed/train.log").read_text()
 
-    # the shared tools read two-tower runs too: `lvmkit eval` and `lvmkit diagnose model` score the query tower
-    res = invoke("eval", tmp_path / "straight", "--bank", bank.path, "--latency-n", 0, "--max-queries", 20)
+    # the shared tools read two-tower runs too: `lvmkit eval` and `lvmkit diagnose model` score the query tower;
+    # their numbers are checked against a brute-force numpy search with the tower loaded by hand
+    run = tmp_path / "straight"
+    res = invoke("eval", run, "--bank", bank.path, "--latency-n", 0, "--max-queries", 20)
     assert res.exit_code == 0, res.output
-    assert "bigru_pool" in (tmp_path / "straight/eval-test/metrics.md").read_text()
-    res = invoke("diagnose", "model", tmp_path / "straight", "--bank", bank.path, "--max-queries", 20)
-    assert res.exit_code in (0, 1) and "separation" in res.output.lower(), res.output
+    got = json.loads((run / "eval-test/metrics.json").read_text())["results"]["bigru_pool"]["metrics"]
+    test_q, test_t, test_last = brute_queries(run, bank, "test")
+    assert json.loads((run / "eval-test/metrics.json").read_text())["n_queries"] == len(test_t) < 20
+    V = np.asarray(bank.vectors, dtype=np.float64)
+    ranks = []
+    for q, t in zip(test_q, test_t, strict=True):
+        scores = V @ q
+        scores[t - CTX : t] = -np.inf  # the window's own context
+        ranks.append(int((scores > scores[t]).sum()))
+    for k in (1, 5, 10):
+        assert got[f"recall@{k}"] == pytest.approx(np.mean(np.array(ranks) < k), abs=1e-12), k
+    res = invoke("diagnose", "model", run, "--max-queries", 20)  # the run's bank by default
+    diag = {f["name"]: f for f in json.loads((run / "diagnose/diagnosis.json").read_text())["findings"]}
+    q, t, last = brute_queries(run, bank, "val")
+    sims = q @ V.T
+    sep = [s[r] - np.sort(np.delete(s, r))[-16:].mean() for s, r in zip(sims, t, strict=True)]
+    assert diag["separation_margin"]["value"] == pytest.approx(np.mean(sep), abs=1e-5)
+    collapse = np.mean(np.sum(q * V[t], 1)) - np.mean(np.sum(q * V[last], 1))
+    assert diag["collapse_margin"]["value"] == pytest.approx(collapse, abs=1e-5)
+    fails = collapse < 0 or diag["same_article_negatives"]["status"] == "fail"
+    fails |= diag["prediction_variance"]["value"] < 0.01
+    assert res.exit_code == (1 if fails else 0), res.output
+
+
+def brute_queries(run, bank, split: str):
+    """Query-tower outputs (float64, unit) for every pair of ``split`` in the planted bank, found without the
+    task spec: each main article of CTX + 1 chunks in that split gives one pair (target = its last chunk);
+    returns (queries, target rows, last context rows)."""
+    from lvmkit.data import Split
+
+    sp = Split.load(run / "split.json", bank)
+    lengths = np.diff(bank.article_starts)[bank.article_codes]
+    t = np.array([r for r in sp.rows(split) if bank.chunk_index[r] == CTX and lengths[r] == CTX + 1])
+    ckpt = load_checkpoint(run / "best.pt")
+    tower = build_model(**ckpt["model"])
+    tower.load_state_dict(ckpt["modules"]["model"])
+    ctx = torch.from_numpy(np.stack([np.asarray(bank.vectors[r - CTX : r]) for r in t]))
+    with torch.no_grad():
+        q = tower.eval()(ctx, torch.ones(len(t), CTX, dtype=torch.bool)).double().numpy()
+    return q, t, t - 1
 
 
 def test_loss_section_and_unknown_early_stopping_metric_are_refused(make_bank, tmp_path):
     bank, _ = planted_bank(make_bank, tmp_path, n_main=20)
     res = invoke("train", "configs/twotower_plain.yaml", "--out", tmp_path / "a",
                  *[f"--set={s}" for s in tiny_overrides(bank, "loss={cos: 1.0, infonce: 0.1}")])  # fmt: skip
-    assert res.exit_code == 2 and "not used by two-tower runs" in res.output, res.output
+    assert res.exit_code == 2 and "loss: unknown field (loss is the section of task: lvm)" in res.output, (
+        res.output
+    )
     res = invoke("train", "configs/twotower_plain.yaml", "--out", tmp_path / "b",
                  *[f"--set={s}" for s in tiny_overrides(bank, "early_stopping.metric=val_hit@5")])  # fmt: skip
     assert res.exit_code == 2 and "val_recall@10" in res.output, res.output

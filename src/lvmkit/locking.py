@@ -12,7 +12,8 @@ system, or one without working locks) cannot be checked from here and is refused
 
 Release removes the file before unlocking it. An acquirer that locked the old (now unlinked) file notices
 that the path no longer names its inode and tries again, so two writers never both believe they hold it.
-Locks are advisory: they keep lvmkit writers apart, nothing else.
+Locks are advisory: they keep lvmkit writers apart, nothing else. On a file system without flock (some NFS or
+Lustre mounts) the lock file's pid decides alone: a live holder on this host refuses, a dead one is taken over.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def acquire(directory: str | os.PathLike, purpose: str, what: str = "directory",
             previous = _read(fd)
             os.close(fd)
             raise LockedError(_held_message(directory, what, previous, hint)) from None
+        except OSError:  # a file system without flock (some NFS / Lustre mounts): the pid in the file decides
+            previous = _read(fd)
+            if previous is not None and previous.pid != me.pid and previous.alive():
+                os.close(fd)
+                raise LockedError(_held_message(directory, what, previous, hint)) from None
         if not _same_file(fd, path):  # we locked a file its holder has just removed: try the new one
             os.close(fd)
             continue

@@ -100,29 +100,58 @@ def info_nce(
     logits = q @ cands.T / tau  # [B, B + E]
     B, n_cand = logits.shape
     with torch.no_grad():
-        invalid = near_duplicates(t, cands, dup_threshold)
         query_art = _ids(pred_article, q.device)
+        cand_art = None
         if query_art is not None:
             in_batch = _ids(target_article, q.device) if target_article is not None else query_art
             cand_art = torch.full((n_cand,), -1, dtype=torch.long, device=q.device)
             cand_art[:B] = in_batch
             if neg_article is not None and n_cand > B:
                 cand_art[B:] = _ids(neg_article, q.device)
-            invalid |= (query_art[:, None] == cand_art[None, :]) & (query_art[:, None] >= 0)
-        labels = torch.arange(B, device=q.device)
-        invalid[labels, labels] = False  # never the positive itself
+        invalid = false_negative_mask(t, cands, query_art, cand_art, dup_threshold)
+    labels = torch.arange(B, device=q.device)
     if row_negatives is not None and row_negatives.shape[1] > 0:
         if row_weight <= 0:
             raise ValueError(f"row_weight must be > 0, got {row_weight}")
         rn = F.normalize(row_negatives.float(), dim=-1)
         row_logits = torch.einsum("bd,bkd->bk", q, rn) / tau + math.log(row_weight)
-        with torch.no_grad():
-            row_invalid = near_duplicates(t, rn, dup_threshold)
+        with torch.no_grad():  # the same rule, without the article term: these ARE the article's chunks
+            row_invalid = false_negative_mask(t, rn, None, None, dup_threshold)
             if row_valid is not None:
                 row_invalid |= ~row_valid.to(torch.bool)
         logits = torch.cat([logits, row_logits], dim=1)
         invalid = torch.cat([invalid, row_invalid], dim=1)
     return F.cross_entropy(logits.masked_fill(invalid, float("-inf")), labels)
+
+
+@torch.no_grad()
+def false_negative_mask(
+    target: Tensor,
+    cands: Tensor,
+    query_article: Tensor | None,
+    cand_article: Tensor | None,
+    dup_threshold: float,
+    positives_on_diagonal: bool = True,
+) -> Tensor:
+    """The one false-negative rule of every contrastive loss (InfoNCE here, the two-tower loss): True where
+    candidate j must not count as a negative of query i, because it comes from the query's article
+    (``query_article[i] == cand_article[j]``, ids >= 0; -1 = unknown) or is a near duplicate of the query's
+    target (``cos(target_i, cand_j) >= dup_threshold``, ``near_duplicates``).
+
+    ``cands`` [C, d] are shared by every query (then the mask is [B, C] and, with ``positives_on_diagonal``,
+    candidate i is query i's positive and never masked) or [B, M, d] per query (mask [B, M], no positives)."""
+    if cands.ndim == 3:
+        mask = near_duplicates(target, cands.to(target.dtype), dup_threshold)
+        if query_article is not None and cand_article is not None:
+            mask |= (cand_article == query_article[:, None]) & (query_article[:, None] >= 0)
+        return mask
+    mask = near_duplicates(target, cands, dup_threshold)
+    if query_article is not None and cand_article is not None:
+        mask |= (query_article[:, None] == cand_article[None, :]) & (query_article[:, None] >= 0)
+    if positives_on_diagonal:
+        eye = torch.arange(len(target), device=target.device)
+        mask[eye, eye] = False  # never the positive itself
+    return mask
 
 
 class VectorQueue(nn.Module):

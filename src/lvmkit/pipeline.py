@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lvmkit.bank import VectorBank
-from lvmkit.data import Split, make_windows
+from lvmkit.data import Split
 from lvmkit.errors import ConfigError
-from lvmkit.eval.evaluator import SuiteResult, evaluate_suite
-from lvmkit.train.checkpoint import load_model
+from lvmkit.eval.evaluator import SuiteResult
+from lvmkit.tasks import get_task
+from lvmkit.train.checkpoint import check_bank, load_checkpoint
 from lvmkit.train.config import RunConfig, config_from_dict, load_config
 from lvmkit.train.runs import RunPaths
 
@@ -84,8 +85,9 @@ def compare_runs(
 
     All runs must share the bank, the split (same article assignment) and the window settings (ctx, min_ctx,
     pad, stride): otherwise their numbers are not comparable and this raises ConfigError naming the run.
-    Ridge is fitted on the runs' train windows, the blend tuned on their val windows. Returns the suite and a
-    small info dict.
+    The queries come from the runs' task spec (``query_sets``: the same sample rule as the trainer's, capped
+    at ``max_queries``); ridge is fitted on the runs' train windows, the blend tuned on their val windows.
+    Returns the suite and a small info dict.
     """
     if not run_dirs:
         raise ConfigError("compare_runs needs at least one run directory")
@@ -98,24 +100,31 @@ def compare_runs(
     for name, r in runs.items():
         other = Split.load(r.split, bank)
         d, d0 = cfgs[name].data, c0.data
-        if other.hash != sp.hash or (d.ctx, d.min_ctx, d.pad, d.stride) != (
+        same_data = (cfgs[name].task, d.ctx, d.min_ctx, d.pad, d.stride) == (
+            c0.task,
             d0.ctx,
             d0.min_ctx,
             d0.pad,
             d0.stride,
-        ):
+        )
+        if other.hash != sp.hash or not same_data:
             raise ConfigError(
                 f"run {r.root} used another split or other window settings than run {runs[first].root}; "
-                "runs compared together must share split and data.ctx/min_ctx/pad/stride"
+                "runs compared together must share task, split and data.ctx/min_ctx/pad/stride"
             )
+    spec = get_task(c0.task)
+    sets = spec.query_sets(c0, bank, sp)
+    windows = sets.get(split, max_queries)
+    models = {}
+    for name, r in runs.items():
+        ckpt = load_checkpoint(r.best)
+        check_bank(ckpt, bank, what=f"checkpoint {r.best}")
+        models[name] = spec.load_predictor(ckpt, r.best)[1]
+    fit_on = spec.fit_sets(sets)
+    suite = spec.evaluate_suite(
+        c0, models, windows, bank, train_windows=fit_on.get("train"), val_windows=fit_on.get("val"), seed=seed
+    )
     d = c0.data
-    windows = make_windows(bank, sp, split, d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-    windows = windows.sample(max_queries, seed + 2)
-    train = make_windows(bank, sp, "train", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-    val = make_windows(bank, sp, "val", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-    val = val.sample(d.max_eval_queries, c0.seed + 1)  # the runs' own val sample (lvm_task.from_config)
-    models = {name: load_model(r.best, bank=bank)[0] for name, r in runs.items()}
-    suite = evaluate_suite(models, windows, bank, train_windows=train, val_windows=val, seed=seed)
     info = {
         "split": split,
         "n_queries": len(windows),
@@ -125,6 +134,6 @@ def compare_runs(
         "bank_id": bank.manifest.bank_id,
         "bank_chunks": len(bank),
         "encoder": bank.encoder.describe(),
-        "runs": {name: str(r.root) for name, r in runs.items()},
+        "runs": {name: str(r.root.resolve()) for name, r in runs.items()},  # the report finds the runs by it
     }
     return suite, info

@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lvmkit import locking
-from lvmkit.artifacts import atomic_path, read_json, write_json, write_npy
+from lvmkit.artifacts import atomic_path, write_json, write_npy
+from lvmkit.bank import checks
 from lvmkit.bank.manifest import BankManifest, EncoderInfo, check_same_space
 from lvmkit.errors import ArtifactError
 
@@ -94,67 +95,57 @@ class VectorBank:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def open(
-        cls, path: str | Path, expect: EncoderInfo | None = None, expect_what: str = "the model"
+        cls,
+        path: str | Path,
+        expect: EncoderInfo | None = None,
+        expect_what: str = "the model",
+        check: str = "sample",
     ) -> VectorBank:
+        """Open a bank directory; a missing, truncated or damaged file raises ArtifactError naming the file and
+        the command that fixes it. ``check``: which rows are checked for NaN / Inf / norm outliers: "sample"
+        (<= 2,000 evenly spaced rows, cheap), "full" (every row) or "none" (diagnose bank looks itself)."""
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"no bank at {path}: expected a directory made by `lvmkit ingest`")
-        mpath = path / cls.MANIFEST
-        if not mpath.exists():
-            raise ArtifactError(
-                f"{path} has no {cls.MANIFEST}: the bank is incomplete (an interrupted ingest?). "
-                "Re-run the same `lvmkit ingest` command to resume it."
-            )
-        try:
-            manifest = BankManifest.model_validate(read_json(mpath))
-        except Exception as e:  # pydantic error or bad JSON
-            raise ArtifactError(f"{mpath} is not a valid bank manifest: {e}") from e
+        manifest = checks.load_manifest(path)
         if expect is not None:
             check_same_space(manifest.encoder, expect, f"bank {path}", expect_what)
-        try:
-            vectors = np.load(path / cls.VECTORS, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"cannot read {path / cls.VECTORS}: {e}") from e
-        chunks = pq.read_table(path / cls.CHUNKS)
+        vectors = checks.load_vectors(path, manifest)
+        chunks = checks.load_chunks(path, manifest)
         bank = cls(path, manifest, vectors, chunks)
         bank.validate()
+        checks.check_vectors(bank, check)
         return bank
 
-    def validate(self, check_norms: bool = True) -> None:
+    def validate(self) -> None:
+        """Shapes, counts, dtypes and row order agree between the manifest and the files."""
         m, v = self.manifest, self.vectors
-        where = f"bank {self.path}"
+
+        def damaged(problem: str) -> ArtifactError:
+            return checks.damaged(self.path, problem, m)
+
         if v.ndim != 2:
-            raise ArtifactError(f"{where}: vectors.npy has shape {v.shape}, expected [N, d]")
+            raise damaged(f"vectors.npy has shape {v.shape}, expected [N, d]")
         if v.shape[0] != m.count or len(self.chunks) != m.count:
-            raise ArtifactError(
-                f"{where}: manifest says {m.count} chunks, vectors.npy has {v.shape[0]} rows and "
+            raise damaged(
+                f"manifest says {m.count} chunks, vectors.npy has {v.shape[0]} rows and "
                 f"chunks.parquet {len(self.chunks)} rows"
             )
         if v.shape[1] != m.encoder.dim:
-            raise ArtifactError(
-                f"{where}: vectors are {v.shape[1]}-d but the encoder {m.encoder.name} is {m.encoder.dim}-d"
-            )
+            raise damaged(f"vectors are {v.shape[1]}-d but the encoder {m.encoder.name} is {m.encoder.dim}-d")
         if v.dtype not in (np.float32, np.float16):
-            raise ArtifactError(f"{where}: vectors dtype {v.dtype}; expected float32 or float16")
+            raise damaged(f"vectors dtype {v.dtype}; expected float32 or float16")
         if str(v.dtype) != m.vector_dtype:
-            raise ArtifactError(f"{where}: vectors are {v.dtype} but the manifest says {m.vector_dtype}")
+            raise damaged(f"vectors are {v.dtype} but the manifest says {m.vector_dtype}")
         ids = self.chunks.column("chunk_id").to_numpy()
         if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
-            raise ArtifactError(f"{where}: chunk_id must equal the row number")
+            raise damaged("chunk_id must equal the row number")
         ci = self.chunk_index
         starts = self.article_starts
         expected = np.arange(len(ci)) - np.repeat(starts[:-1], np.diff(starts))
         if not np.array_equal(ci, expected):
             bad = int(np.flatnonzero(ci != expected)[0])
-            raise ArtifactError(f"{where}: chunk_index is not 0..n-1 within its article at row {bad}")
-        if check_norms and m.encoder.normalized and len(v):
-            sample = np.asarray(v[:: max(1, len(v) // 2000)], dtype=np.float32)
-            norms = np.linalg.norm(sample, axis=1)
-            tol = 2e-2 if v.dtype == np.float16 else 1e-3
-            if np.abs(norms - 1).max() > tol:
-                raise ArtifactError(
-                    f"{where}: manifest says L2-normalised but sampled norms range {norms.min():.4f}..{norms.max():.4f}"
-                )
+            raise damaged(f"chunk_index is not 0..n-1 within its article at row {bad}")
 
     # ------------------------------------------------------------------------------------ structure
     def __len__(self) -> int:
@@ -232,4 +223,6 @@ class VectorBank:
         an int array [Q, E] padded with -1, or a list of arrays. Returns (scores [Q,k], ids [Q,k]),
         ids padded with -1 when fewer than k candidates exist.
         """
-        return self.index().search(queries, k, exclude=exclude, nprobe=nprobe)
+        scores, ids = self.index().search(queries, k, exclude=exclude, nprobe=nprobe)
+        checks.check_scores(self, queries, scores, ids)  # a damaged row that the open-time sample missed
+        return scores, ids

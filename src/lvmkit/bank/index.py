@@ -168,19 +168,32 @@ def save_index(bank: VectorBank, index: SearchIndex, extra: dict[str, Any] | Non
 
 
 def load_or_flat(bank: VectorBank) -> SearchIndex:
+    """The stored index the manifest records, else exact search. A missing, unreadable or mismatched
+    index.faiss raises ArtifactError with the `lvmkit index build` command that rebuilds it."""
     params = bank.manifest.index
+    if not params:
+        return exact_index(bank.vectors)
     path = bank.path / INDEX_FILE
-    if params and path.exists():
+    args = [f"--type {params.get('type', 'flat')}"]
+    flags = {"nlist": "--nlist", "nprobe": "--nprobe", "hnsw_m": "--m", "ef_search": "--ef-search"}
+    args += [f"{flag} {params[k]}" for k, flag in flags.items() if params.get(k)]
+    fix = f"rebuild it with `lvmkit index build {bank.path} {' '.join(args)}`"
+    if not path.exists():
+        raise ArtifactError(
+            f"{path} is missing, but the bank's manifest records an index of type {params.get('type')}; {fix}"
+        )
+    try:
         index = faiss.read_index(str(path))
-        if index.ntotal != len(bank) or index.d != bank.dim:
-            raise ArtifactError(
-                f"{path} holds {index.ntotal} x {index.d}-d vectors but the bank has {len(bank)} x {bank.dim}-d; "
-                "rebuild it with `lvmkit index build`"
-            )
-        si = SearchIndex(index, dict(params))
-        si.set_nprobe(params.get("nprobe") or params.get("ef_search"))
-        return si
-    return exact_index(bank.vectors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable"
+        raise ArtifactError(f"{path} cannot be read ({first}): the file is damaged; {fix}") from None
+    if index.ntotal != len(bank) or index.d != bank.dim:
+        raise ArtifactError(
+            f"{path} holds {index.ntotal} x {index.d}-d vectors but the bank has {len(bank)} x {bank.dim}-d; {fix}"
+        )
+    si = SearchIndex(index, dict(params))
+    si.set_nprobe(params.get("nprobe") or params.get("ef_search"))
+    return si
 
 
 def exact_index(vectors: np.ndarray) -> SearchIndex:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from lvmkit.artifacts import atomic_path, read_json, write_json, write_npy
 from lvmkit.bank.bank import CHUNK_SCHEMA, VectorBank, lock_bank, text_hash
+from lvmkit.bank.checks import vector_problems
 from lvmkit.bank.index import INDEX_FILE
 from lvmkit.bank.manifest import BankManifest, CorpusInfo
 from lvmkit.corpus import (
@@ -48,6 +49,7 @@ from lvmkit.corpus import (
     make_chunker,
     read_corpus,
 )
+from lvmkit.corpus.chunking import DEFAULT_MAX_CHARS
 from lvmkit.corpus.types import Chunk
 from lvmkit.errors import ArtifactError, ConfigError, CorpusError, LvmkitError
 
@@ -84,12 +86,14 @@ def ingest(
     device: str = "auto",
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> VectorBank:
     """Build the bank ``out`` from ``corpus`` (see the module docstring); resume it if interrupted.
 
     corpus          a corpus path, or "embedded" for the default corpus that ships with lvmkit
     format          reader format, or "auto" to detect it (see ``lvmkit.corpus.read_corpus``)
     chunker         chunking spec: "sentence", "words:N" or "paragraph"
+    max_chars       longest chunk; longer pieces are split at spaces and counted (``long_chunk_split``)
     encoder         model name for ``lvmkit.encode.load_encoder`` (None = offline all-MiniLM-L6-v2), or an
                     already loaded ``Encoder``
     backend         "st", "onnx-int8" or "hash" (ignored when ``encoder`` is an Encoder object)
@@ -103,12 +107,12 @@ def ingest(
     """
     out = Path(out)
     if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not allowed; use one of: {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r} is not allowed; use one of: {', '.join(DTYPES)}")
     if shard_size < 1 or (batch_size is not None and batch_size < 1):
-        raise ConfigError(f"shard_size and batch_size must be >= 1 (got {shard_size} and {batch_size})")
+        raise ConfigError(f"--shard-size and --batch-size must be >= 1 (got {shard_size} and {batch_size})")
     if limit_articles is not None and limit_articles < 1:
-        raise ConfigError(f"limit_articles must be >= 1 or None (got {limit_articles})")
-    chunk_maker = make_chunker(chunker)
+        raise ConfigError(f"--limit-articles must be >= 1 (got {limit_articles})")
+    chunk_maker = make_chunker(chunker, max_chars=max_chars)
     source, fmt = _resolve_corpus(corpus, format)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"--out {out} exists and is not a directory")
@@ -166,7 +170,8 @@ def _ingest_locked(
     def articles(stats: ReadStats | None = None):
         return read_corpus(source, format=fmt, limit_articles=limit_articles, stats=stats)
 
-    n_articles = _count_articles(articles(), progress) if progress else None
+    # the counting pass reports nothing: the encode pass below reads the same input and warns once
+    n_articles = _count_articles(articles(ReadStats(max_examples=0)), progress) if progress else None
 
     # ---- encode pass: every shard, re-encoding only those an earlier run did not finish
     stats = ReadStats()
@@ -185,7 +190,7 @@ def _ingest_locked(
         progress("encode", done, estimated_total())
 
     n_shards = 0
-    for i, rows in enumerate(_shards(_chunks(articles(stats), chunk_maker, counts), shard_size)):
+    for i, rows in enumerate(_shards(_chunks(articles(stats), chunk_maker, counts, stats), shard_size)):
         n_shards, start = i + 1, i * shard_size
         if _shard_done(work, i):
             _verify_shard(work, i, start, rows)
@@ -195,7 +200,14 @@ def _ingest_locked(
             continue
         texts = [c.text for c in rows]
         vectors = enc.encode(texts, batch_size=batch_size, progress=on_encoded if progress else None)
-        _write_shard(work, i, start, rows, _check_vectors(vectors, len(rows), enc.info.dim), dtype)
+        _write_shard(
+            work,
+            i,
+            start,
+            rows,
+            _check_vectors(vectors, len(rows), enc.info.dim, enc.info.normalized, start),
+            dtype,
+        )
         done = start + len(rows)
         if progress:
             progress("encode", done, estimated_total())
@@ -219,7 +231,9 @@ def _ingest_locked(
             content_hash=content_hash,
             source_hash=state["source_hash"],
             articles=counts["articles"],
+            limit_articles=limit_articles,
             skipped={k: v for k, v in skipped.items() if v},
+            repaired=stats.repaired,
         ),
         count=done,
         vector_dtype=dtype,
@@ -230,10 +244,10 @@ def _ingest_locked(
 
 
 # ----------------------------------------------------------------------------------------- streaming
-def _chunks(articles: Iterator, chunk_maker, counts: dict[str, int]) -> Iterator[Chunk]:
+def _chunks(articles: Iterator, chunk_maker, counts: dict[str, int], stats: ReadStats) -> Iterator[Chunk]:
     """All chunks in corpus order; counts articles kept and articles that produced no chunks."""
     for article in articles:
-        chunks = chunk_maker.chunk(article)
+        chunks = chunk_maker.chunk(article, stats)
         if not chunks:
             counts["no_chunks"] += 1
             continue
@@ -300,14 +314,18 @@ def _verify_shard(work: Path, i: int, start: int, rows: list[Chunk]) -> None:
         )
 
 
-def _check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
+def _check_vectors(vectors: np.ndarray, n: int, dim: int, normalized: bool, first_row: int) -> np.ndarray:
+    """The shard's vectors, checked: shape, NaN / Inf, norm outliers (``bank.checks.vector_problems``)."""
     vectors = np.asarray(vectors)
     if vectors.shape != (n, dim):
         raise LvmkitError(
             f"the encoder returned vectors of shape {vectors.shape} for {n} texts; expected ({n}, {dim})"
         )
-    if not np.isfinite(vectors).all():
-        raise LvmkitError("the encoder returned non-finite values (NaN or inf); the bank would be unusable")
+    if problem := vector_problems(vectors, normalized, first_row):
+        raise LvmkitError(
+            f"the encoder returned bad vectors for bank rows {first_row}..{first_row + n - 1}: {problem}; the "
+            "bank would be unusable, so nothing was written for them (check the encoder: --encoder, --backend)"
+        )
     return vectors
 
 

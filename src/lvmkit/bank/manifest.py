@@ -42,7 +42,11 @@ class CorpusInfo(BaseModel):
     content_hash: str  # sha256 over the chunk texts in bank order (what the vectors were computed from)
     source_hash: str | None = None  # sha256 of the raw input files (lvmkit.corpus.corpus_source_hash)
     articles: int
+    limit_articles: int | None = None  # `lvmkit ingest --limit-articles` (None: the whole corpus)
     skipped: dict[str, int] = Field(default_factory=dict)
+    repaired: dict[str, int] = Field(
+        default_factory=dict
+    )  # content kept, changed (bad_utf8, long_chunk_split)
 
 
 class BankManifest(BaseModel):

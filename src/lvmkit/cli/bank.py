@@ -58,6 +58,13 @@ def ingest(
             show_default=False,
         ),
     ] = None,
+    max_chars: Annotated[
+        int,
+        typer.Option(
+            help="Longest chunk in characters: longer ones are split at spaces and counted as long_chunk_split "
+            "(the encoder would silently drop text past its window: all-MiniLM-L6-v2 reads ~1,000-1,300)."
+        ),
+    ] = 2000,
     shard_size: Annotated[int, typer.Option(help="Chunks per resumable shard.")] = 4096,
     dtype: Annotated[str, typer.Option(help="Vector storage: float32 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, mps.")] = "auto",
@@ -95,6 +102,7 @@ def ingest(
                 device=device,
                 progress=bars,
                 overwrite=overwrite,
+                max_chars=max_chars,
             )
     except KeyboardInterrupt:
         print_error(
@@ -110,6 +118,8 @@ def ingest(
         f"({m.encoder.name}, {m.encoder.backend})"
     )
     console.print(f"  skipped: {skipped}")
+    if m.corpus.repaired:
+        console.print("  repaired: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.repaired.items())))
     rate = bars.encoded / bars.encode_seconds if bars.encode_seconds else float("nan")
     resumed = f", {bars.resumed:,} resumed from an earlier run" if bars.resumed else ""
     console.print(
@@ -224,25 +234,12 @@ def search(
 
     Example: lvmkit search banks/embedded "the capital of France" -k 5
     """
-    from lvmkit.bank import VectorBank, check_same_space
-    from lvmkit.encode import load_encoder
+    from lvmkit.bank import VectorBank
+    from lvmkit.bank.query import search_text
 
-    if k < 1:
-        raise ConfigError(f"-k must be >= 1 (got {k})")
     vb = VectorBank.open(bank)
-    info = vb.encoder
-    load_backend = backend or info.backend  # load_encoder knows "sentence-transformers" as "st"
-    enc = load_encoder(info.name, backend=load_backend, device=device)
-    check_same_space(vb.encoder, enc.info, f"bank {bank}", f"the query encoder ({load_backend})")
-    query = enc.encode([text])
-    scores, ids = vb.search(query, k, nprobe=nprobe)
-    rows = [int(i) for i in ids[0] if i >= 0]
-    hits = [
-        {"rank": rank, "score": float(score), "chunk_id": row, "title": title, "text": chunk}
-        for rank, (row, score, title, chunk) in enumerate(
-            zip(rows, scores[0], vb.titles(rows), vb.texts(rows), strict=False), 1
-        )
-    ]
+    hits = [h.to_dict() for h in search_text(vb, text, k, backend=backend, device=device, nprobe=nprobe)]
+    rows = [h["chunk_id"] for h in hits]
     if as_json:
         console.print_json(data=hits)
         return
@@ -260,16 +257,30 @@ def search(
 
 # -------------------------------------------------------------------------------------------- bank info
 @bank_app.command("info")
-def bank_info(bank: BankArg) -> None:
+def bank_info(
+    bank: BankArg,
+    check: Annotated[
+        str,
+        typer.Option(
+            help="Vectors checked for NaN, Inf and norm outliers: sample (<= 2,000 rows, as every command does "
+            "at open) or full (every row; reads the whole vectors.npy)."
+        ),
+    ] = "sample",
+) -> None:
     """Summarise BANK: encoder, vectors, chunker, corpus, index, chunks per article, file sizes.
 
-    Example: lvmkit bank info banks/embedded
+    A damaged file (truncated vectors.npy, missing chunks.parquet, NaN rows...) is named with the command that
+    rebuilds it; exit status 2.
+
+    Example: lvmkit bank info banks/embedded --check full
     """
     import numpy as np
 
     from lvmkit.bank import VectorBank
 
-    vb = VectorBank.open(bank)
+    if check not in ("sample", "full"):
+        raise ConfigError(f"--check {check!r} is not known; use sample or full")
+    vb = VectorBank.open(bank, check=check)
     m = vb.manifest
     per_article = np.diff(vb.article_starts)
     table = Table(title=f"bank {vb.path}", show_header=False, title_justify="left")
@@ -279,9 +290,14 @@ def bank_info(bank: BankArg) -> None:
     table.add_row(
         "encoder", f"{m.encoder.describe()}; backend {m.encoder.backend}, revision {m.encoder.revision}"
     )
-    table.add_row("vectors", f"{len(vb):,} x {vb.dim} {m.vector_dtype}")
+    checked = "every row" if check == "full" else f"a sample of {min(len(vb), 2000):,} rows"
+    table.add_row(
+        "vectors", f"{len(vb):,} x {vb.dim} {m.vector_dtype} (no NaN, Inf or norm outlier in {checked})"
+    )
     table.add_row("chunker", ", ".join(f"{k}={v}" for k, v in m.chunker.items()))
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.skipped.items())) or "none"
+    if m.corpus.repaired:
+        skipped += "; repaired: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.repaired.items()))
     table.add_row("corpus", f"{m.corpus.source} (format {m.corpus.format})")
     hashes = f"chunk texts {m.corpus.content_hash[:16]}"
     if m.corpus.source_hash:

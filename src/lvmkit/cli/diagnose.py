@@ -65,13 +65,23 @@ def bank_command(
         5, "--ctx", help="Context length for the share of articles too short for a window."
     ),
     seed: int = typer.Option(0, "--seed"),
+    check: str = typer.Option(
+        "sample",
+        "--check",
+        help="sample: bad vectors are judged on --sample rows; full: every row is checked for NaN, Inf and "
+        "norm outliers too (reads the whole vectors.npy).",
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory (default diagnostics/bank-NAME)."),
 ) -> None:
-    """Norms, mean cosine of random pairs (anisotropy), near-duplicate rates, chunks per article."""
+    """Norms, mean cosine of random pairs (anisotropy), near-duplicate rates, chunks per article.
+
+    The bank is opened without the open-time vector check, so a bank with NaN or outlier rows is diagnosed
+    (bad_vectors fails) rather than refused."""
     from lvmkit.bank.bank import VectorBank
     from lvmkit.diagnose.bank import diagnose_bank
 
-    d = diagnose_bank(VectorBank.open(bank), sample=sample, dup_sample=dup_sample, ctx=ctx, seed=seed)
+    vb = VectorBank.open(bank, check="none")
+    d = diagnose_bank(vb, sample=sample, dup_sample=dup_sample, ctx=ctx, seed=seed, check=check)
     s = d.stats
     show(d, f"bank {bank}: {s['chunks']} chunks, {s['articles']} articles, {s['encoder']}")
     finish(d, out or Path("diagnostics") / f"bank-{_slug(bank)}")
@@ -127,7 +137,14 @@ def model_command(
     target: str = typer.Argument(
         ..., help="A run directory, a checkpoint, or baseline:NAME.", show_default=False
     ),
-    bank: Path = typer.Option(..., "--bank", "-b", help="The bank the model is evaluated against."),
+    bank: Path = typer.Option(
+        None,
+        "--bank",
+        "-b",
+        help="The bank the model is evaluated against. Default for a run directory: the bank it was trained "
+        "on (its config.yaml); required for a checkpoint or a baseline.",
+        show_default=False,
+    ),
     split: str = typer.Option("val", "--split", help="Held-out split whose windows are diagnosed."),
     max_queries: int = typer.Option(2000, "--max-queries", help="Windows diagnosed (a seeded sample)."),
     split_file: Path = typer.Option(None, "--split-file", help="A split.json to use instead of the run's."),
@@ -137,8 +154,11 @@ def model_command(
     ),
 ) -> None:
     """Postmortem: separation margin, copy-last collapse, prediction variance, same-article negatives."""
+    from lvmkit.cli.eval import run_bank
     from lvmkit.diagnose.model import diagnose_target
 
+    if bank is None:
+        bank = run_bank(target)
     d = diagnose_target(target, bank, split=split, max_queries=max_queries, split_file=split_file, ctx=ctx)
     show(d, f"{d.subject}: {d.stats['n_queries']} {split} windows")
     if out is None:

@@ -14,8 +14,8 @@ EXIT_GATES_FAILED = 1
 def eval_command(
     target: str = typer.Argument(
         ...,
-        help="A run directory, a checkpoint (.pt), or baseline:NAME (copy_last, mean_ctx, exp_weighted, "
-        "ridge, blend, oracle).",
+        help="A run directory, a checkpoint (.pt), baseline:NAME (copy_last, mean_ctx, exp_weighted, "
+        "ridge, blend, oracle), or a cascade config (.yaml: per-stage Contain@K, R@k, latency, ablation).",
         show_default=False,
     ),
     bank: Path | None = typer.Option(
@@ -61,10 +61,11 @@ def eval_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
     protocol: str = typer.Option(
-        "open",
+        None,
         "--protocol",
         help="open: the whole bank is searched, the article unknown. in-article: the article is known and the "
-        "candidates are its chunks outside the context (an easier task; never compare with open numbers).",
+        "candidates are its chunks outside the context (an easier task; never compare with open numbers). "
+        "Default open (a cascade: its config's).",
     ),
     head: str = typer.Option(
         None,
@@ -79,7 +80,14 @@ def eval_command(
     chosen on val windows) and the oracle, with 95% bootstrap intervals. Writes metrics.json and metrics.md; with --gates, exits 1 when a gate fails.
 
     Example: lvmkit eval runs/gru --bank banks/enwiki --split test --gates gates.yaml
+    Cascade: lvmkit eval configs/cascade_heuristic.yaml --gates configs/cascade_gates.yaml
     """
+    from lvmkit.cli.cascade import eval_cascade, is_cascade
+
+    if is_cascade(target):
+        kw = {"max_queries": max_queries, "protocol": protocol}
+        eval_cascade(target, gates=gates, out=out, latency_n=None if latency_n == 200 else latency_n, **kw)
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -120,16 +128,21 @@ def eval_command(
             latency_n=latency_n,
             seed=seed,
             progress=on_progress,
-            protocol=protocol,
+            protocol=protocol or "open",
             head=head,
         )
 
     info = outcome.info
     console.print(
-        f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} windows of "
+        f"[bold]{escape(info['described'])}[/bold] on {info['n_queries']} {info['split']} {info['unit']} of "
         f"{escape(info['bank'])} ({escape(info['encoder'])}); protocol [bold]{info['protocol']}[/bold]"
     )
-    console.print(results_table(outcome.suite, outcome.target.name))
+    if outcome.target.live:
+        err_console.print(
+            f"[yellow]{escape(str(outcome.target.spec))} is {escape(outcome.target.live)}: these are the numbers "
+            f"of its {outcome.target.checkpoint.name} now, and they will change[/yellow]"
+        )
+    console.print(results_table(outcome.suite, outcome.target.name, outcome.columns))
     print_comparisons(outcome.suite)
     for name, why in outcome.suite.skipped.items():
         err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
@@ -178,43 +191,37 @@ def print_comparisons(suite) -> None:
         )
 
 
-def results_table(suite, primary: str):
+def results_table(suite, primary: str, columns: tuple[str, ...] | None = None):
     """A compact rich table of the suite (rates in %; the full table with every interval is in metrics.md):
-    the target's row in bold, the oracle dimmed, hit@5's 95% interval in its own column."""
+    the target's row in bold, the oracle dimmed, the compared metric's 95% interval in its own column.
+    ``columns``: the task's table columns (default: the LVM's)."""
     from rich.table import Table
 
-    cols = [
-        "hit@1",
-        "hit@5",
-        "hit@5 95% CI",
-        "hit@10",
-        "hit@50",
-        "contain@50",
-        "eff@5",
-        "mrr@10",
-        "cos",
-        "margin",
-    ]
+    from lvmkit.eval.evaluator import RATE_PREFIXES
+
+    compared = suite.comparisons[0].metric if suite.comparisons else "hit@5"
+    default = ("hit@1", "hit@5", "hit@10", "hit@50", "contain@50", "eff@5", "mrr@10", "cos")
+    cols = [c for c in (columns or default) if any(c in r.metrics for r in suite.values())]
+    cols = [c for c in cols if c not in ("ca_inbatch", "ca_other")]
     table = Table(show_lines=False, pad_edge=False)
     table.add_column("model", no_wrap=True)
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
+        if c == compared:
+            table.add_column(f"{c} 95% CI", justify="right", no_wrap=True)
+    table.add_column("margin", justify="right", no_wrap=True)
     for name, r in suite.items():
         m = r.metrics
-        lo, hi = r.intervals.get("hit@5", (float("nan"), float("nan")))
-        margin = f"{m['offset_margin']:+.3f}" + (" [red]collapse[/red]" if r.info.get("collapse") else "")
-        cells = [
-            f"{100 * m['hit@1']:.1f}",
-            f"{100 * m['hit@5']:.1f}",
-            f"{100 * lo:.1f}-{100 * hi:.1f}",
-            f"{100 * m['hit@10']:.1f}",
-            f"{100 * m['hit@50']:.1f}",
-            f"{100 * m['contain@50']:.1f}",
-            f"{100 * m['eff@5']:.1f}",
-            f"{m['mrr@10']:.3f}",
-            f"{m['cos']:.3f}",
-            margin,
-        ]
+        cells = []
+        for c in cols:
+            scale, fmt = (100, "{:.1f}") if c.startswith(RATE_PREFIXES) else (1, "{:.3f}")
+            cells.append(fmt.format(scale * m[c]) if c in m else "")
+            if c == compared:
+                lo, hi = r.intervals.get(c, (float("nan"), float("nan")))
+                cells.append(f"{fmt.format(scale * lo)}-{fmt.format(scale * hi)}")
+        cells.append(
+            f"{m['offset_margin']:+.3f}" + (" [red]collapse[/red]" if r.info.get("collapse") else "")
+        )
         style = "bold" if name == primary else ("dim" if name == "oracle" else None)
         table.add_row(name, *cells, style=style)
     return table

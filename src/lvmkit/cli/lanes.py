@@ -46,12 +46,20 @@ def fit(
     seed: Annotated[int, typer.Option(help="Split seed (and the seed of the train sample).")] = 0,
     cs: Annotated[
         str, typer.Option("--C", help="Inverse regularisation strengths tried; the best on val is kept.")
-    ] = "1,10,100",
+    ] = "0.3,1,3",
     max_train: Annotated[int, typer.Option(help="Train chunks used (a seeded sample); 0 = all.")] = 60_000,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Article labels to use instead of the bank's label column: CSV (header article_id,label) or JSONL.",
+        ),
+    ] = None,
 ) -> None:
     """Fit a logistic-regression lane classifier; report held-out accuracy and the confusion matrix."""
     from lvmkit.bank.bank import VectorBank
     from lvmkit.lanes import fit_lane_classifier, load_schema, top_confusions
+    from lvmkit.lanes.classifier import read_article_labels
 
     sch = load_schema(schema)
     b = VectorBank.open(bank)
@@ -62,6 +70,7 @@ def fit(
         seed=seed,
         Cs=_floats(cs, "--C"),
         max_train=max_train or None,
+        labels=None if labels is None else read_article_labels(labels),
         progress=lambda msg: console.print(msg, highlight=False),
     )
     clf.save(out)

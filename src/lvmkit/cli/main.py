@@ -16,7 +16,9 @@ from lvmkit.cli import eval as eval_cli
 from lvmkit.cli import lanes as lanes_cli
 from lvmkit.cli import pairs as pairs_cli
 from lvmkit.cli import quickstart as quickstart_cli
+from lvmkit.cli import replay as replay_cli
 from lvmkit.cli import report as report_cli
+from lvmkit.cli import rerank as rerank_cli
 from lvmkit.cli import runs as runs_cli
 from lvmkit.cli import serve as serve_cli
 from lvmkit.cli import train as train_cli
@@ -41,7 +43,9 @@ app.command("report")(report_cli.report)
 app.command("pairs")(pairs_cli.pairs)
 app.add_typer(lanes_cli.lanes_app, name="lanes")
 app.command("align")(align_cli.align)
+app.add_typer(rerank_cli.rerank_app, name="rerank")
 app.command("serve")(serve_cli.serve)
+app.command("replay")(replay_cli.replay)
 # ------------------------------------------------------------------------------------------------------
 
 

@@ -51,13 +51,43 @@ def serve(
         typer.Option(help="Query encoder backend (default: the bank's own; onnx-int8 is faster on CPU)."),
     ] = None,
     device: Annotated[str, typer.Option(help="Encoder device: cpu, cuda, mps, auto.")] = "cpu",
+    routing: Annotated[
+        Path | None,
+        typer.Option(
+            help="Routing file (YAML) instead of --run: its runs, a default, routes by number of context chunks, "
+            "a canary share with a P95 guardrail, shadow runs. See the README's example.",
+            show_default=False,
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a routing field, e.g. --set canary.share=0.1 (repeatable)."),
+    ] = None,
+    batch_search: Annotated[
+        bool,
+        typer.Option(
+            help="Coalesce concurrent requests' searches into one FAISS call (a micro-batcher; see the README's "
+            "load table for when it pays)."
+        ),
+    ] = False,
+    log_requests: Annotated[
+        Path | None,
+        typer.Option(
+            help="Log every request and answer (and shadow answers) as JSON Lines under this directory, for "
+            "`lvmkit replay`. Off by default; nothing else (no address, header or token) is written.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve BANK over HTTP: search, next-chunk prediction beside copy_last, and a dashboard of training runs.
 
     The page is at http://HOST:PORT/ and the API's documentation at /docs. By default the server listens on
-    127.0.0.1 only; --host 0.0.0.0 exposes it and then needs a token. It writes no files.
+    127.0.0.1 only; --host 0.0.0.0 exposes it and then needs a token. It writes no files unless --log-requests is given.
 
     Example: lvmkit serve quickstart_out/bank --run quickstart_out/runs/gru
+
+    Several runs: lvmkit serve quickstart_out/bank --routing routing.yaml --log-requests logs/  (each /v1/next
+    response names the run that answered; /v1/info shows the routing, the canary's state and per-run P50/P95)
     """
     try:
         import uvicorn
@@ -75,14 +105,35 @@ def serve(
         limits = Limits(max_context_chunks=max_context, max_body_bytes=max_body)
     except ValueError as e:
         raise ConfigError(f"--max-context / --max-body: {e}") from None
-    with console.status(f"opening {bank} and loading {run or 'baseline:copy_last'}"):
+    routing_cfg = None
+    if routing is not None:
+        from lvmkit.serve.routing import load_routing
+
+        routing_cfg = load_routing(routing, set_ or [])
+    elif set_:
+        raise ConfigError("--set overrides routing fields; it needs --routing FILE")
+    what = f"the runs of {routing}" if routing else run or "baseline:copy_last"
+    with console.status(f"opening {bank} and loading {what}"):
         service = Service.open(
-            bank, run, runs_dir, backend=backend, device=device, nprobe=nprobe, limits=limits
+            bank,
+            run,
+            runs_dir,
+            backend=backend,
+            device=device,
+            nprobe=nprobe,
+            limits=limits,
+            routing=routing_cfg,
+            log_requests=log_requests,
+            batch_search=batch_search,
         )
     names = ", ".join(service.models.names())
     console.print(
         f"bank {bank} ({len(service.bank):,} chunks, {service.bank.encoder.describe()}); /v1/next answered by {names}"
     )
+    if routing_cfg is not None:
+        console.print(f"routing {routing}: {_describe_routing(routing_cfg)}")
+    if service.request_log is not None:
+        console.print(f"logging requests to {service.request_log.dir}")
     if service.runs_dir:
         console.print(f"runs: {service.runs_dir}")
     app = create_app(service, token=token)
@@ -108,3 +159,17 @@ def _announce_when_started(server, host: str, token: str | None) -> None:
                 return
 
     server.startup = startup
+
+
+def _describe_routing(cfg) -> str:
+    parts = [f"default {cfg.default}"]
+    parts += [r.describe() for r in cfg.routes]
+    if cfg.canary is not None:
+        parts.append(f"canary {cfg.canary.run} at {cfg.canary.share:.1%}")
+        if cfg.guardrail is not None:
+            parts.append(
+                f"guardrail P95 <= {cfg.guardrail.p95_factor} x default after {cfg.guardrail.min_samples}"
+            )
+    if cfg.shadows:
+        parts.append("shadows " + ", ".join(cfg.shadows))
+    return "; ".join(parts)

@@ -30,6 +30,12 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start over: delete the run already in --out (its checkpoints, history, metrics) and train anew. "
+        "Not needed to restart a run that failed before its first checkpoint.",
+    ),
     detach: bool = typer.Option(
         False, "--detach", help="Run in the background (RUN/stdout.log, RUN/train.pid); returns at once."
     ),
@@ -46,28 +52,50 @@ def train(
 
     Example: lvmkit train configs/gru.yaml --out runs/gru --set optim.epochs=3
     """
-    from lvmkit.errors import ConfigError
     from lvmkit.train.config import load_config
     from lvmkit.train.loop import train as run_training
-    from lvmkit.train.runs import RunPaths, launch_detached, lock_run
+    from lvmkit.train.runs import RunPaths
 
     run = RunPaths(out)
     if config is None and resume:
         config = run.config
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
     if detach:
-        if not resume and (run.status.exists() or run.last.exists()):
-            raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
-        lock_run(run).release()  # a run being trained is refused here, not later in the background
-        argv = ([str(config)] if config is not None else []) + ["--out", str(out), "--quiet"]
-        argv = ["train", *argv]
-        argv += [f"--set={o}" for o in overrides] + (["--resume"] if resume else [])
-        pid = launch_detached(argv, out)
-        console.print(f"started pid {pid} in the background; output in {run.stdout}")
-        console.print(f"follow it with: lvmkit runs status {out}")
-        return
-
+        return _detach(cfg, config, out, overrides, resume, overwrite)
     progress = None if quiet else make_progress()
+    try:
+        status = run_training(cfg, out, resume=resume, overwrite=overwrite, on_event=_on_event(progress, cfg))
+    finally:
+        if progress is not None:
+            progress.stop()
+    _report(status, run, cfg)
+
+
+def _detach(cfg, config: Path | None, out: Path, overrides: list[str], resume: bool, overwrite: bool) -> None:
+    """Check what can be checked here (config, bank, model, windows, the directory), then train in the
+    background."""
+    from lvmkit.errors import ConfigError
+    from lvmkit.train.loop import check_run
+    from lvmkit.train.runs import RunPaths, failed_before_checkpoint, holds_run, launch_detached, lock_run
+
+    run = RunPaths(out)
+    check_run(cfg)  # a bad bank, model or window setting is refused here, not later in the background
+    with lock_run(run):  # a run being trained is refused here too
+        if not resume and holds_run(run) and not (overwrite or failed_before_checkpoint(run)):
+            raise ConfigError(
+                f"{out} already holds a run; continue it with --resume, start it over with --overwrite, "
+                "or choose another --out"
+            )
+    argv = ["train", *([str(config)] if config is not None else []), "--out", str(out), "--quiet"]
+    argv += [f"--set={o}" for o in overrides] + (["--resume"] if resume else [])
+    argv += ["--overwrite"] if overwrite else []
+    pid = launch_detached(argv, out)
+    console.print(f"started pid {pid} in the background; output in {run.stdout}")
+    console.print(f"follow it with: lvmkit runs status {out}")
+
+
+def _on_event(progress, cfg):
+    """The loop's events as a progress bar (steps) and one printed line per epoch."""
     bar = None
 
     def on_event(kind: str, info: dict) -> None:
@@ -84,16 +112,16 @@ def train(
         elif kind == "epoch":
             _print_epoch(info, cfg.early_stopping.metric)
 
-    try:
-        status = run_training(cfg, out, resume=resume, on_event=on_event)
-    finally:
-        if progress is not None:
-            progress.stop()
+    return on_event
+
+
+def _report(status: dict, run, cfg) -> None:
+    """The final state, the best epoch, where the test results are; exit 3 when the run was stopped."""
     state = status.get("state")
     if state is None or state == "running":  # a non-zero rank under torchrun: rank 0 reports
         return
     console.print(
-        f"run {out}: [bold]{state}[/bold]" + (f" ({status['message']})" if status.get("message") else "")
+        f"run {run.root}: [bold]{state}[/bold]" + (f" ({status['message']})" if status.get("message") else "")
     )
     if status.get("best_value") is not None:
         console.print(

@@ -86,10 +86,7 @@ class PairSet:
     def load(cls, path: str | Path, bank: VectorBank, split: Split | None = None) -> PairSet:
         """Read a pair set and check it belongs to ``bank`` (and to ``split``, when given)."""
         path = Path(path)
-        mpath = path / MANIFEST_FILE
-        if not mpath.exists():
-            raise ArtifactError(f"{path} has no {MANIFEST_FILE}: not a pair set, or an interrupted save")
-        manifest = read_json(mpath)
+        manifest = read_pairs_manifest(path)
         if manifest.get("bank_id") != bank.manifest.bank_id:
             raise ProvenanceError(
                 f"pairs {path} were made from bank {manifest.get('bank_id')} (at {manifest.get('bank_path')}) "
@@ -100,7 +97,11 @@ class PairSet:
                 f"pairs {path} were made with split {manifest['split']['sha256'][:12]}, not the given split "
                 f"{split.hash[:12]}; rebuild the pairs from this split"
             )
-        table = pq.read_table(path / PAIRS_FILE)
+        try:
+            table = pq.read_table(path / PAIRS_FILE)
+        except (pa.ArrowException, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{path / PAIRS_FILE} cannot be read ({first}); {REBUILD}") from None
         if table.num_rows != manifest["counts"]["kept"]:
             raise ArtifactError(
                 f"{path / PAIRS_FILE} has {table.num_rows} pairs, the manifest says {manifest['counts']['kept']}"
@@ -111,6 +112,25 @@ class PairSet:
         if not np.array_equal(table.column("article").to_numpy(), bank.article_codes[targets]):
             raise ArtifactError(f"{path / PAIRS_FILE}: article codes do not match the bank's rows")
         return cls(bank, table, manifest)
+
+
+REBUILD = "the pair set is damaged: re-run the `lvmkit pairs BANK --out DIR ...` command that made it"
+
+
+def read_pairs_manifest(path: Path) -> dict:
+    """A pair set's manifest.json; missing or damaged -> ArtifactError naming the file and the fix."""
+    mpath = Path(path) / MANIFEST_FILE
+    if not mpath.exists():
+        raise ArtifactError(
+            f"{path} has no {MANIFEST_FILE}: not a pair set, or an interrupted save; {REBUILD}"
+        )
+    try:
+        manifest = read_json(mpath)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath} is not valid JSON ({e}); {REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath} is not a pair set manifest; {REBUILD}")
+    return manifest
 
 
 def rolling_dedup(

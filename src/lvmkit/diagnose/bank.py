@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from lvmkit.bank.bank import VectorBank
+from lvmkit.bank.checks import ingest_command, scan_vectors
 from lvmkit.diagnose.findings import Diagnosis, info, judge
 from lvmkit.errors import ConfigError
 
@@ -84,10 +85,11 @@ def diagnose_bank(
     seed: int = 0,
     mean_cos_warn: float = MEAN_COS_WARN,
     dup_thresholds: tuple[float, ...] = DUP_THRESHOLDS,
+    check: str = "sample",
 ) -> Diagnosis:
     """Diagnose ``bank`` (see the module docstring). ``sample`` rows for norms and the mean cosine,
     ``dup_sample`` rows searched against the whole bank for near duplicates, ``ctx`` for the short-article
-    share."""
+    share. ``check="full"`` adds ``vector_scan``: every row checked for NaN, Inf and norm outliers."""
     if sample < 2 or dup_sample < 1 or ctx < 1:
         raise ConfigError(
             f"sample must be >= 2, dup_sample >= 1 and ctx >= 1; got {sample}, {dup_sample}, {ctx}"
@@ -103,6 +105,19 @@ def diagnose_bank(
         bank_id=bank.manifest.bank_id,
         index=(bank.manifest.index or {}).get("type", "none (exact search)"),
     )
+    if check == "full":
+        problem, checked = scan_vectors(bank, "full")
+        d.add(
+            judge(
+                "vector_scan",
+                int(problem is not None),
+                fail_above=0,
+                ok=f"all {checked:,} rows finite, norms as the manifest says",
+                fail=f"{problem}: rebuild the bank with {ingest_command(bank.path, bank.manifest)}",
+            )
+        )
+    elif check != "sample":
+        raise ConfigError(f"--check {check!r} is not known; use sample or full")
     if n < 2:
         d.add(judge("chunks", n, warn_below=2, warn="a bank needs at least 2 chunks to diagnose"))
         return d

@@ -29,16 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from lvmkit.artifacts import read_json, sha256_file, write_json
+from lvmkit.artifacts import sha256_file, write_json
 from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.index import INDEX_FILE
 from lvmkit.data.pairs import MANIFEST_FILE as PAIRS_MANIFEST
-from lvmkit.data.pairs import PAIRS_FILE, PairSet
+from lvmkit.data.pairs import PAIRS_FILE, PairSet, read_pairs_manifest
 from lvmkit.data.samplers import ArticleCappedBatchSampler
 from lvmkit.data.splits import SPLIT_NAMES, Split, check_leakage, make_split
-from lvmkit.data.windows import make_windows
 from lvmkit.diagnose.findings import Diagnosis, Finding, info, judge
 from lvmkit.errors import ArtifactError, ConfigError
+from lvmkit.tasks import get_task
+from lvmkit.tasks.base import config_cap
 
 MIN_TEST_WINDOWS = 500  # fewer held-out queries make every bootstrap interval several points wide
 SAME_ARTICLE_WARN = 0.05
@@ -190,7 +191,8 @@ def curriculum_findings(cfg) -> tuple[list[dict[str, Any]] | None, list[Finding]
     Returns (one row per epoch, or None without a curriculum; findings). A schedule that does not parse, or
     does not cover the run's epochs, is a failed finding that quotes the parser's message.
     """
-    text = (getattr(cfg, "twotower", None) or {}).get("schedule")
+    tt = getattr(cfg, "twotower", None)
+    text = tt.schedule if tt is not None else None
     if text is None or not str(text).strip() or str(text).strip().lower() == "none":
         return None, []
     try:
@@ -280,7 +282,8 @@ def _config(path: Path, overrides, bank_path, leak_sample, seed):
         task=cfg.task, bank=str(bank.path), bank_id=bank.manifest.bank_id, encoder=bank.encoder.describe()
     )
     files: dict[str, Path] = {"config": path, **bank_files(bank)}
-    pairs_dir = (cfg.twotower or {}).get("pairs")  # a two-tower run reading pairs made by `lvmkit pairs`
+    tt = getattr(cfg, "twotower", None)
+    pairs_dir = tt.pairs if tt is not None else None  # a two-tower run reading pairs made by `lvmkit pairs`
     if pairs_dir:
         files.update({f"pairs/{f}": Path(pairs_dir) / f for f in (PAIRS_FILE, PAIRS_MANIFEST)})
     split_file = path.parent / "split.json"
@@ -293,31 +296,14 @@ def _config(path: Path, overrides, bank_path, leak_sample, seed):
         d.add(info("split", None, f"made from split.ratios={list(cfg.split.ratios)}, seed={cfg.split.seed}"))
     dc = cfg.data
     counts = split.counts()
-    caps = {"train": dc.max_train_windows, "val": dc.max_eval_queries, "test": dc.max_test_queries}
-    windows = {}
+    spec = get_task(cfg.task)
+    sets = spec.query_sets(cfg, bank, split)  # the windows / pairs the trainer will use
     for name in SPLIT_NAMES:
-        ws = make_windows(bank, split, name, dc.ctx, stride=dc.stride, min_ctx=dc.min_ctx, pad=dc.pad)
-        used = len(ws) if caps[name] is None else min(len(ws), caps[name])
-        windows[name] = ws
-        counts[name].update(windows=len(ws), windows_used=used)
-        d.add(
-            judge(
-                f"{name}_windows",
-                used,
-                fail_below=1,
-                warn_below=MIN_TEST_WINDOWS if name == "test" else None,
-                ok=f"{counts[name]['articles']} articles, {counts[name]['rows']} chunks, {len(ws)} windows"
-                + (f", {used} used (cap {caps[name]})" if used < len(ws) else ""),
-                warn=f"only {used} test windows: bootstrap intervals will be several points wide",
-                fail=f"no {name} windows with ctx={dc.ctx} (min_ctx={dc.min_ctx}, pad={dc.pad}): lower data.ctx, "
-                "set data.min_ctx or change split.ratios",
-            )
-        )
+        d.add(_split_finding(sets, name, counts[name], spec.unit, cfg))
     d.stats["splits"] = counts
     d.stats["batch_shape"] = {"ctx": [dc.batch_size, dc.ctx, bank.dim], "mask": [dc.batch_size, dc.ctx]}
-    train = windows["train"]
-    train = train.sample(caps["train"], cfg.seed)  # the trainer's deterministic sample
-    if len(train):
+    if counts["train"]["windows_used"]:
+        train = sets.train  # the trainer's deterministic sample
         sampler = ArticleCappedBatchSampler(
             train.article_of_all(), dc.batch_size, dc.max_per_article, seed=cfg.seed, drop_last=False
         )
@@ -349,8 +335,30 @@ def _config(path: Path, overrides, bank_path, leak_sample, seed):
     return d, files, extra
 
 
+def _split_finding(sets, name: str, counts: dict[str, Any], unit: str, cfg) -> Finding:
+    """How many windows (pairs) split ``name`` has and how many the run uses; records both in ``counts``."""
+    dc = cfg.data
+    try:
+        total, used = len(sets.full(name)), len(sets.get(name))
+    except ConfigError:  # the task found none
+        total = used = 0
+    counts.update(windows=total, windows_used=used)
+    cap = config_cap(cfg, name)
+    return judge(
+        f"{name}_windows",
+        used,
+        fail_below=1,
+        warn_below=MIN_TEST_WINDOWS if name == "test" else None,
+        ok=f"{counts['articles']} articles, {counts['rows']} chunks, {total} {unit}"
+        + (f", {used} used (cap {cap})" if used < total else ""),
+        warn=f"only {used} test {unit}: bootstrap intervals will be several points wide",
+        fail=f"no {name} {unit} with ctx={dc.ctx} (min_ctx={dc.min_ctx}, pad={dc.pad}): lower data.ctx, "
+        "set data.min_ctx or change split.ratios",
+    )
+
+
 def _pairs(path: Path, bank_path, leak_sample, seed):
-    pm = read_json(path / PAIRS_MANIFEST)
+    pm = read_pairs_manifest(path)
     bank = VectorBank.open(bank_path or pm.get("bank_path", ""))
     pairs = PairSet.load(path, bank)
     a = pm["arguments"]

@@ -2,7 +2,8 @@
 
 Findings (``Diagnosis(kind="lanes")``), on a bank whose lanes were written by ``lvmkit lanes assign``:
 
-    lane_share[ID]   share of the bank's chunks in each lane (info; empty lanes included)
+    lane_share[ID]   share of the bank's chunks in each lane that has chunks (info)
+    empty_lanes      how many lanes hold no chunk (their ids in the details)
     lane_skew        the largest lane's share; warn above ``skew_warn`` (0.40). The predecessor had about 60%
                      of its bank in one lane: a lane feature then says little, and pooled metrics are mostly
                      that lane's
@@ -39,6 +40,8 @@ def lane_share_findings(d: Diagnosis, ids: list[str], names: list[str], lanes: n
     counts = np.bincount(lanes, minlength=len(ids))
     shares = counts / max(1, counts.sum())
     for i, lid in enumerate(ids):
+        if counts[i] == 0:
+            continue  # listed in the empty_lanes finding
         d.add(
             info(
                 f"lane_share[{lid}]",
@@ -133,15 +136,20 @@ def lane_hit_rows(
     nprobe: int | None,
 ):
     """(overall Hit@5, per-lane rows from the evaluator's per-label grouping, stats) for ``target``."""
-    from lvmkit.diagnose.model import target_predictor
-    from lvmkit.eval.command import build_windows, resolve_split, resolve_target
+    from lvmkit.eval.command import (
+        build_windows,
+        resolve_split,
+        resolve_target,
+        target_predictor,
+        window_info,
+    )
     from lvmkit.eval.evaluator import _by_label, evaluate
 
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
-    windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
+    windows, fit_on, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
     result = evaluate(
-        target_predictor(t, bank, sp, wkw, train, seed),
+        target_predictor(t, bank, fit_on),
         windows,
         bank,
         n_boot=0,
@@ -156,7 +164,7 @@ def lane_hit_rows(
         "target": t.describe(),
         "split": split,
         "split_source": source,
-        "windows": wkw,
+        "windows": window_info(cfg, split),
         "n_queries": len(windows),
     }
     return result.metrics["hit@5"], rows, stats

@@ -153,17 +153,6 @@ def diagnose_model(
     return d
 
 
-def target_predictor(t, bank: VectorBank, sp, wkw: dict, train, seed: int):
-    """The predictor of a resolved target (``eval.command.Target``): a run's model, or a baseline built the
-    way ``lvmkit eval`` builds it (ridge fitted on ``train`` windows, blend tuned on val, oracle = the truth)."""
-    if t.kind != "baseline":
-        return t.predictor
-    from lvmkit.eval.command import _baseline_predictor, val_windows
-
-    base_seed = t.config.seed if t.config is not None else seed
-    return _baseline_predictor(t.name, bank, train, val_windows(t, bank, sp, wkw, base_seed))
-
-
 def diagnose_target(
     target: str,
     bank: str | Path | VectorBank,
@@ -176,25 +165,32 @@ def diagnose_target(
     nprobe: int | None = None,
 ) -> Diagnosis:
     """``diagnose_model`` for RUN | CHECKPOINT | baseline:NAME, on the same windows ``lvmkit eval`` uses."""
-    from lvmkit.eval.command import build_windows, resolve_split, resolve_target
+    from lvmkit.eval.command import (
+        build_windows,
+        resolve_split,
+        resolve_target,
+        target_predictor,
+        window_info,
+    )
+    from lvmkit.tasks import get_task
 
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
     sp, source = resolve_split(t, bank, split_file, (0.8, 0.1, 0.1), seed)
-    windows, train, wkw, _, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed)
-    predictor = target_predictor(t, bank, sp, wkw, train, seed)
-    dc = t.config.data if t.config is not None else None
+    windows, fit_on, cfg, _ = build_windows(t, bank, sp, split, max_queries, ctx, seed, fit=("train", "val"))
+    predictor, space = get_task(cfg.task).search_space(target_predictor(t, bank, fit_on), bank)
+    train = fit_on.get("train")
     d = diagnose_model(
         predictor,
         windows,
-        bank,
+        space,
         train_windows=train,
-        batch_size=dc.batch_size if dc else 64,
-        max_per_article=dc.max_per_article if dc else 2,
-        sampler_seed=t.config.seed if t.config is not None else seed,
+        batch_size=cfg.data.batch_size,
+        max_per_article=cfg.data.max_per_article,
+        sampler_seed=cfg.seed,
         nprobe=nprobe,
         name=t.name,
         subject=t.describe(),
     )
-    d.stats.update(split=split, split_source=source, windows=wkw)
+    d.stats.update(split=split, split_source=source, task=cfg.task, windows=window_info(cfg, split))
     return d

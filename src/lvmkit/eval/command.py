@@ -14,16 +14,18 @@ Steps, each refusing what would make the numbers meaningless:
    trained on in train, because the split is a hash of each article id;
 3. the split: ``--split-file``, else the run's split.json when the bank is the run's bank (Split.load refuses
    a split made for another bank), else a fresh ``make_split``;
-4. windows: the run's data settings (ctx, stride, min_ctx, pad) and its deterministic query sample, so
-   ``lvmkit eval RUN`` on the test split scores the same windows as the run's final evaluation; ridge is
-   fitted on the train windows and the blend's (w, alpha) chosen on the val windows (``val_windows``);
-5. ``evaluate_suite`` (full-bank search, intervals, paired comparison with the best baseline) and
-   ``measure_latency`` on the target;
+4. the queries: the run's task decides them (``spec.query_sets``: the LVM's windows, the two-tower's pairs,
+   with the run's data settings and the trainer's sample seeds), so ``lvmkit eval RUN`` on the test split
+   scores the same queries as the run's final evaluation; fitted baselines learn from the task's
+   ``fit_windows`` (LVM: ridge on the train windows, the blend's (w, alpha) chosen on the val windows);
+5. the task's ``evaluate_suite`` (the same call the trainer's final evaluation makes: same baselines, same
+   comparison) and ``measure_latency`` on the target;
 6. gates (``lvmkit.eval.gates``) on the target's metrics plus latency (``p50_ms``, ``p95_ms``, ``qps``, ...);
 7. ``metrics.json`` and ``metrics.md`` in ``out``.
 
-A run's task decides how its checkpoint becomes a predictor (``PREDICTOR_LOADERS``): an LVM predicts from the
-context; another task (the two-tower retriever's query tower) registers its loader there with one line.
+Everything task-specific comes from the run's task spec (``lvmkit.tasks.TASKS``): how its checkpoint becomes
+a predictor, which queries it is scored on, its baselines and comparison, its table columns. A baseline target
+is scored as an LVM with ``ctx`` (stride 1, padded) and ``max_queries`` or 10,000 queries.
 """
 
 from __future__ import annotations
@@ -39,13 +41,12 @@ from lvmkit.artifacts import write_json, write_text
 from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.manifest import EncoderInfo, check_same_space
 from lvmkit.data.splits import SPLIT_NAMES, Split, make_split
-from lvmkit.data.windows import WindowSet, make_windows
+from lvmkit.data.windows import WindowSet
 from lvmkit.errors import ArtifactError, ConfigError
 from lvmkit.eval.evaluator import (
     BASELINES,
     ORACLE,
     SuiteResult,
-    evaluate_suite,
     fit_ridge,
     format_table,
     oracle,
@@ -54,10 +55,12 @@ from lvmkit.eval.gates import GateReport, check_gates, load_gates
 from lvmkit.eval.latency import LatencyResult, measure_latency
 from lvmkit.eval.protocol import DESCRIPTION, OPEN, check_protocol
 from lvmkit.eval.tuning import fit_blend
+from lvmkit.tasks import SEED_OFFSET, get_task
+from lvmkit.tasks.base import config_cap
+from lvmkit.train.config import RunConfig
 
 BASELINE_PREFIX = "baseline:"
 DEFAULT_MAX_QUERIES = 10_000
-SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}  # the trainer's query samples (lvm_task.from_config)
 Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
@@ -75,37 +78,14 @@ class Target:
     trained_on: dict[str, Any] = field(default_factory=dict)  # {"bank_id", "encoder"} from the checkpoint
     split_file: Path | None = None  # the run's split.json
     epoch: int | None = None  # the epoch the checkpoint's weights are from
+    live: str | None = None  # "still training (...)" while a process trains the run: its checkpoints change
 
     def describe(self) -> str:
         if self.kind == "baseline":
             return f"baseline {self.name}"
         what = f"{self.kind} {self.spec}"
-        return what + (f" ({self.checkpoint.name}, epoch {self.epoch})" if self.checkpoint else "")
-
-
-def _lvm_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
-    """An LVM checkpoint's model: ``build_model(**spec)`` with the stored weights, in eval mode."""
-    from lvmkit.models import build_model
-
-    if "model" not in ckpt["modules"]:
-        raise ArtifactError(f"{path} holds no module named 'model' (it has: {', '.join(ckpt['modules'])})")
-    model = build_model(**ckpt["model"])
-    model.load_state_dict(ckpt["modules"]["model"])
-    return str(ckpt["model"].get("name", "model")), model.eval()
-
-
-def _twotower_predictor(ckpt: dict[str, Any], path: Path) -> tuple[str, torch.nn.Module]:
-    """A two-tower checkpoint's query tower (its documents must be the bank itself: ``doc_tower: identity``)."""
-    from lvmkit.tasks.twotower.task import load_query_tower
-
-    return load_query_tower(ckpt, path)
-
-
-# How a checkpoint of each task becomes a predictor ``(name, nn.Module | callable on a WindowBatch)``.
-PREDICTOR_LOADERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, Any]]] = {
-    "lvm": _lvm_predictor,
-    "twotower": _twotower_predictor,
-}
+        what += f" ({self.checkpoint.name}, epoch {self.epoch})" if self.checkpoint else ""
+        return what + (f" [{self.live}: these numbers are of its checkpoint now]" if self.live else "")
 
 
 def resolve_target(spec: str, bank: VectorBank) -> Target:
@@ -117,8 +97,17 @@ def resolve_target(spec: str, bank: VectorBank) -> Target:
             raise ConfigError(f"unknown baseline {name!r} in {spec!r}; allowed: {', '.join(allowed)}")
         return Target("baseline", name, spec)
     path = Path(spec)
+    live = None
     if path.is_dir():
+        from lvmkit.train.runs import RunPaths, still_training
+
+        live = still_training(RunPaths(path))
         ckpt_path = next((p for p in (path / "best.pt", path / "last.pt") if p.is_file()), None)
+        if ckpt_path is None and live:
+            raise ArtifactError(
+                f"{path} is {live} and has no checkpoint yet: evaluate it once it has finished an epoch "
+                f"(follow it with `lvmkit runs status {path}`)"
+            )
         if ckpt_path is None:
             raise ArtifactError(
                 f"{path} is a directory without best.pt or last.pt: not a run made by `lvmkit train` (or it has "
@@ -144,12 +133,7 @@ def resolve_target(spec: str, bank: VectorBank) -> Target:
         f"bank {bank.path}",
     )
     cfg = config_from_dict(ckpt["config"], source=f"the config stored in {ckpt_path}")
-    loader = PREDICTOR_LOADERS.get(cfg.task)
-    if loader is None:
-        raise ConfigError(
-            f"{ckpt_path} is a {cfg.task!r} run; this lvmkit evaluates runs of: {', '.join(PREDICTOR_LOADERS)}"
-        )
-    name, predictor = loader(ckpt, ckpt_path)
+    name, predictor = get_task(cfg.task).load_predictor(ckpt, ckpt_path)
     if name in BASELINES or name == ORACLE:
         name = f"{name}_model"  # a trained model must not take a baseline's row
     split_file = ckpt_path.parent / "split.json"
@@ -163,6 +147,7 @@ def resolve_target(spec: str, bank: VectorBank) -> Target:
         dict(stamp),
         split_file if split_file.is_file() else None,
         int(ckpt["progress"].get("epoch", 1)) - 1 if ckpt["progress"].get("batch", 0) == 0 else None,
+        live,
     )
 
 
@@ -188,47 +173,41 @@ def resolve_split(
     return split, source
 
 
+def baseline_config(bank: VectorBank, ctx: int, max_queries: int | None, seed: int) -> RunConfig:
+    """The LVM config a baseline is scored under: ``ctx`` (stride 1, padded), at most ``max_queries`` (or
+    10,000) test queries, up to 2,000 val windows (the blend is tuned on them), every train window (ridge)."""
+    from lvmkit.train.config import config_from_dict
+
+    cap = max_queries or DEFAULT_MAX_QUERIES
+    data = {"ctx": int(ctx), "max_train_windows": None, "max_eval_queries": 2000, "max_test_queries": cap}
+    return config_from_dict({"task": "lvm", "bank": str(bank.path), "seed": seed, "data": data}, "baseline")
+
+
 def build_windows(
-    target: Target, bank: VectorBank, split: Split, name: str, max_queries: int | None, ctx: int, seed: int
-) -> tuple[WindowSet, WindowSet | None, dict[str, Any], int | None, int]:
-    """The query windows of split ``name`` and the train windows (for ridge, and the sampler in diagnostics).
-
-    A run's own data settings and caps are used, with the trainer's seeds, so the windows are the ones the run
-    was scored on; a baseline gets ``ctx`` (stride 1, padded) and ``max_queries`` or 10,000 queries.
-    Returns (queries, train or None, window settings, query cap, query sample seed).
-    """
-    cfg = target.config
-    if cfg is not None:
-        dc = cfg.data
-        wkw = {"ctx": dc.ctx, "stride": dc.stride, "min_ctx": dc.min_ctx, "pad": dc.pad}
-        base_seed, train_cap = cfg.seed, dc.max_train_windows
-        cap = (
-            max_queries
-            if max_queries is not None
-            else (dc.max_eval_queries if name == "val" else dc.max_test_queries)
-        )
-    else:
-        wkw = {"ctx": int(ctx), "stride": 1, "min_ctx": None, "pad": True}
-        base_seed, cap, train_cap = seed, max_queries or DEFAULT_MAX_QUERIES, None
-    query_seed = base_seed + SPLIT_SEED_OFFSET[name]
-    windows = make_windows(bank, split, name, **wkw).sample(cap, query_seed)
-    if len(windows) == 0:
-        raise ConfigError(
-            f"the {name} split of bank {bank.path} has no windows with ctx={wkw['ctx']}: its articles are too "
-            "short or too few (try a smaller --ctx or another split)"
-        )
-    train = make_windows(bank, split, "train", **wkw).sample(train_cap, base_seed)
-    return windows, (train if len(train) else None), wkw, cap, query_seed
-
-
-def val_windows(
-    target: Target, bank: VectorBank, split: Split, wkw: dict[str, Any], base_seed: int
-) -> WindowSet | None:
-    """The val windows the blend baseline is tuned on: the run's val sample (``max_eval_queries``, the
-    trainer's seed) for a run, else up to 2,000 with the same window settings as the queries."""
-    cap = target.config.data.max_eval_queries if target.config is not None else 2000
-    ws = make_windows(bank, split, "val", **wkw).sample(cap, base_seed + SPLIT_SEED_OFFSET["val"])
-    return ws if len(ws) else None
+    target: Target,
+    bank: VectorBank,
+    split: Split,
+    name: str,
+    max_queries: int | None,
+    ctx: int,
+    seed: int,
+    fit: tuple[str, ...] | None = None,
+) -> tuple[WindowSet, dict[str, WindowSet], RunConfig, int | None]:
+    """The query windows (pairs) of split ``name`` and the windows fitted baselines learn from, from the
+    target's task spec (``query_sets``): the run's own settings, caps and sample seeds, so the queries are the
+    ones the run was scored on (``max_queries`` overrides the cap). A baseline is scored under
+    ``baseline_config`` (``max_queries`` or 10,000 queries of any split). ``fit``: the splits to build for
+    fitting (None: the task's ``fit_windows``; a split without windows is left out). Returns (queries,
+    {split: windows}, the config that decided them, the query cap)."""
+    cfg = target.config if target.config is not None else baseline_config(bank, ctx, max_queries, seed)
+    spec = get_task(cfg.task)
+    sets = spec.query_sets(cfg, bank, split)
+    cap = max_queries
+    if target.config is None:
+        cap = max_queries or DEFAULT_MAX_QUERIES
+    elif cap is None:  # the run's cap (the train split as queries is capped like test)
+        cap = cfg.data.max_test_queries if name == "train" else config_cap(cfg, name)
+    return sets.get(name, cap), spec.fit_sets(sets, fit), cfg, cap
 
 
 # ------------------------------------------------------------------------------------------- the outcome
@@ -242,6 +221,7 @@ class EvalOutcome:
     metrics_json: Path
     metrics_md: Path
     info: dict[str, Any]
+    columns: tuple[str, ...] = ()  # the task's results-table columns
 
     @property
     def ok(self) -> bool:
@@ -296,9 +276,9 @@ def run_eval(
     """
     check_protocol(protocol)
     if split not in SPLIT_NAMES:
-        raise ConfigError(f"split {split!r} is not known; allowed: {', '.join(SPLIT_NAMES)}")
+        raise ConfigError(f"--split {split} is not known; allowed: {', '.join(SPLIT_NAMES)}")
     if max_queries is not None and max_queries < 1:
-        raise ConfigError(f"max_queries must be >= 1, got {max_queries}")
+        raise ConfigError(f"--max-queries must be >= 1, got {max_queries}")
     gate_spec = load_gates(gates) if isinstance(gates, str | Path) else gates
     bank = bank if isinstance(bank, VectorBank) else VectorBank.open(bank)
     t = resolve_target(target, bank)
@@ -307,93 +287,72 @@ def run_eval(
 
         attach_head(t, head, bank)
     sp, split_source = resolve_split(t, bank, split_file, split_ratios, split_seed)
-
-    windows, train, wkw, cap, query_seed = build_windows(t, bank, sp, split, max_queries, ctx, seed)
-    base_seed = query_seed - SPLIT_SEED_OFFSET[split]
-    val = val_windows(t, bank, sp, wkw, base_seed)
+    windows, fit_on, cfg, cap = build_windows(t, bank, sp, split, max_queries, ctx, seed)
+    spec = get_task(cfg.task)
 
     def stage(name: str):
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     models = {} if t.kind == "baseline" else {t.name: t.predictor}
-    suite = evaluate_suite(
-        models,
-        windows,
-        bank,
-        train_windows=train,
-        val_windows=val,
-        index=index,
-        nprobe=nprobe,
-        exclude_context=exclude_context,
-        n_boot=n_boot,
-        seed=base_seed,
-        progress=stage("evaluating"),
-        protocol=protocol,
-    )
+    suite = spec.evaluate_suite(cfg, models, windows, bank, train_windows=fit_on.get("train"),
+                                val_windows=fit_on.get("val"), index=index, nprobe=nprobe,
+                                exclude_context=exclude_context, n_boot=n_boot, seed=cfg.seed,
+                                progress=stage("evaluating"), protocol=protocol)  # fmt: skip
     if t.name not in suite:
         raise ConfigError(
             f"baseline {t.name} could not be evaluated: {suite.skipped.get(t.name, 'unknown reason')}"
         )
-
     latency = None
     if latency_n > 0 and protocol == OPEN:
-        if progress is not None:
-            progress("timing", 0, 1)
-        predictor = t.predictor
-        if t.kind == "baseline":
-            predictor = _baseline_predictor(t.name, bank, train, val)
-        latency = measure_latency(
-            predictor, windows, bank, n=latency_n, exclude_context=exclude_context, index=index, nprobe=nprobe
+        latency = _latency(
+            t, spec, windows, bank, fit_on, latency_n, exclude_context, index, nprobe, progress
         )
-        if progress is not None:
-            progress("timing", 1, 1)
-
-    primary = suite[t.name]
-    gate_metrics = {k: v for k, v in primary.metrics.items()}
+    gate_metrics = dict(suite[t.name].metrics)
     if latency is not None:
         gate_metrics.update({k: v for k, v in latency.to_dict().items() if k.endswith("_ms") or k == "qps"})
     report = check_gates(gate_metrics, gate_spec) if gate_spec is not None else None
 
     suffix = ("" if protocol == OPEN else f"-{protocol}") + (f"-{head}" if head else "")
     out = Path(out) if out is not None else default_out(t, split, suffix)
-    info = {
-        "protocol": protocol,
-        "head": head,
-        "target": t.spec,
-        "kind": t.kind,
-        "primary": t.name,
-        "described": t.describe(),
-        "model": _describe_model(t),
-        "split": split,
-        "split_source": split_source,
-        "split_sha256": sp.hash,
-        "n_queries": len(windows),
-        "queries_capped_at": cap,
-        "windows": {**wkw, "seed": query_seed},
-        "bank": str(bank.path),
-        "bank_id": bank.manifest.bank_id,
-        "encoder": bank.encoder.describe(),
-        "trained_on_bank_id": t.trained_on.get("bank_id"),
-        "exclude_context": bool(exclude_context),
-        "index": primary.info.get("index"),
-        "nprobe": primary.info.get("nprobe"),
-    }
+    info = {"protocol": protocol, "head": head, **_target_info(t), "split": split, "split_source": split_source,
+            "split_sha256": sp.hash, "task": cfg.task, "unit": spec.unit, "n_queries": len(windows),
+            "queries_capped_at": cap, "windows": window_info(cfg, split), **_bank_info(bank, t, suite[t.name]),
+            "exclude_context": bool(exclude_context)}  # fmt: skip
+    columns = spec.table_columns(cfg)
+    metrics_json, metrics_md = _write(out, info, suite, latency, report, columns)
+    return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info, columns)
+
+
+def _target_info(t: Target) -> dict[str, Any]:
+    return {"target": t.spec, "kind": t.kind, "primary": t.name, "described": t.describe(),
+            "still_training": t.live, "model": _describe_model(t)}  # fmt: skip
+
+
+def _bank_info(bank: VectorBank, t: Target, primary) -> dict[str, Any]:
+    return {"bank": str(bank.path), "bank_id": bank.manifest.bank_id, "encoder": bank.encoder.describe(),
+            "trained_on_bank_id": t.trained_on.get("bank_id"), "index": primary.info.get("index"),
+            "nprobe": primary.info.get("nprobe")}  # fmt: skip
+
+
+def _write(out: Path, info, suite: SuiteResult, latency, report, columns) -> tuple[Path, Path]:
+    """OUT/metrics.json (info, the suite, latency, gates) and OUT/metrics.md."""
     metrics_json, metrics_md = out / "metrics.json", out / "metrics.md"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        metrics_json,
-        {
-            **info,
-            **suite.to_dict(),
-            "latency": latency.to_dict() if latency is not None else None,
-            "gates": report.to_dict() if report is not None else None,
-        },
-    )
-    write_text(metrics_md, _markdown(info, suite, latency, report))
-    return EvalOutcome(t, suite, latency, report, gate_metrics, metrics_json, metrics_md, info)
+    write_json(metrics_json, {**info, **suite.to_dict(), "latency": latency.to_dict() if latency else None,
+                              "gates": report.to_dict() if report is not None else None})  # fmt: skip
+    write_text(metrics_md, _markdown(info, suite, latency, report, columns))
+    return metrics_json, metrics_md
 
 
-def _baseline_predictor(name: str, bank: VectorBank, train: WindowSet | None, val: WindowSet | None):
+def target_predictor(t: Target, bank: VectorBank, fit_on: dict[str, WindowSet]):
+    """The predictor of a resolved target: a run's model, or a baseline built the way the suite builds it
+    (ridge fitted on ``fit_on["train"]``, the blend tuned on ``fit_on["val"]``, oracle = the truth)."""
+    if t.kind != "baseline":
+        return t.predictor
+    return baseline_predictor(t.name, bank, fit_on.get("train"), fit_on.get("val"))
+
+
+def baseline_predictor(name: str, bank: VectorBank, train: WindowSet | None, val: WindowSet | None):
     from lvmkit.models import build_model
 
     if name == ORACLE:
@@ -417,7 +376,35 @@ def _describe_model(t: Target) -> str:
     return t.name
 
 
-def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult | None, gates) -> str:
+def _latency(t, spec, windows, bank, fit_on, n, exclude_context, index, nprobe, progress) -> LatencyResult:
+    """Forward + search latency of the target (a baseline is built, ridge / blend fitted, as the suite does)."""
+    if progress is not None:
+        progress("timing", 0, 1)
+    predictor, space = spec.search_space(target_predictor(t, bank, fit_on), bank)
+    lat = measure_latency(
+        predictor, windows, space, n=n, exclude_context=exclude_context, index=index, nprobe=nprobe
+    )
+    if progress is not None:
+        progress("timing", 1, 1)
+    return lat
+
+
+def window_info(cfg: RunConfig, split: str) -> dict[str, Any]:
+    """The settings that decided the queries (goes into metrics.json)."""
+    d = cfg.data
+    out = {
+        "ctx": d.ctx,
+        "stride": d.stride,
+        "min_ctx": d.min_ctx,
+        "pad": d.pad,
+        "seed": cfg.seed + SEED_OFFSET[split],
+    }
+    if cfg.task == "twotower":
+        out.update(pairs=True, eval_stride=cfg.twotower.eval_stride)
+    return out
+
+
+def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult | None, gates, columns) -> str:
     lines = [
         f"# {info['primary']}: {info['split']} split, protocol {info['protocol']}",
         "",
@@ -425,10 +412,10 @@ def _markdown(info: dict[str, Any], suite: SuiteResult, latency: LatencyResult |
         "",
         info["described"] if info["kind"] == "baseline" else f"{info['described']}: {info['model']}",
         "",
-        f"{info['n_queries']} {info['split']} windows (ctx {info['windows']['ctx']}) of bank {info['bank']} "
+        f"{info['n_queries']} {info['split']} {info['unit']} (ctx {info['windows']['ctx']}) of bank {info['bank']} "
         f"({info['encoder']}); split: {info['split_source']}.",
         "",
-        format_table(suite),
+        format_table(suite, columns),
         "",
     ]
     if latency is not None:

@@ -56,6 +56,7 @@ BASELINES: dict[str, dict[str, Any]] = {
 }
 FITTED_BASELINES = ("ridge", "blend")
 ORACLE = "oracle"
+RATE_PREFIXES = ("hit@", "recall@", "contain@", "eff@", "ca_")  # shown in % in tables
 
 Progress = Callable[[int, int], None]  # progress(done, total), called after each batch
 
@@ -135,15 +136,16 @@ def resolve_index(bank: VectorBank, index: str | None) -> SearchIndex:
     approximate index, which must be of the requested type ("ivf", "hnsw")."""
     if index not in INDEX_CHOICES:
         raise ConfigError(
-            f"index={index!r} is not allowed; choose one of {', '.join(map(str, INDEX_CHOICES))}"
+            f"--index {index} is not allowed; choose one of {', '.join(str(c) for c in INDEX_CHOICES if c)} "
+            "(or leave it out: the bank's own index)"
         )
     if index == "flat":
         return exact_index(bank.vectors)
     si = bank.index()
     if index is not None and si.params.get("type") != index:
         raise ConfigError(
-            f"index={index!r} was asked for but bank {bank.path} has a {si.params.get('type')} index; build one "
-            f"with `lvmkit index build --type {index}` or use index='flat' for exact search"
+            f"--index {index} was asked for but bank {bank.path} has a {si.params.get('type')} index; build one "
+            f"with `lvmkit index build {bank.path} --type {index}` or use --index flat for exact search"
         )
     return si
 
@@ -414,9 +416,10 @@ class Comparison:
     def describe(self, verdict: str = "{}") -> str:
         """One line, e.g. ``gru vs best baseline copy_last on hit@5: +1.2 points (95% CI +0.3 to +2.1): better``;
         ``verdict`` is a format string for the verdict word (the CLI passes ``"[bold]{}[/bold]"``)."""
+        scale, unit = (100, " points") if self.metric.startswith(RATE_PREFIXES) else (1, "")
         return (
-            f"{self.model} vs best baseline {self.baseline} on {self.metric}: {100 * self.diff:+.1f} points "
-            f"(95% CI {100 * self.lo:+.1f} to {100 * self.hi:+.1f}): {verdict.format(self.verdict)}"
+            f"{self.model} vs best baseline {self.baseline} on {self.metric}: {scale * self.diff:+.1f}{unit} "
+            f"(95% CI {scale * self.lo:+.1f} to {scale * self.hi:+.1f}): {verdict.format(self.verdict)}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -554,12 +557,32 @@ def evaluate_suite(
 
     results = {name: evaluate(p, windows, bank, name=name, **kwargs) for name, p in predictors.items()}
     baselines = [b for b in BASELINES if b in results]
-    best = max(baselines, key=lambda b: results[b].metrics[compare_on])
     n_boot = int(kwargs.get("n_boot", 1000)) or 1000  # the comparison needs its interval even with n_boot=0
-    comparisons = compare_all(results, models, [best], [compare_on], n_boot, seed)
+    comparisons = compare_to_best(results, list(models), baselines, compare_on, seed, n_boot)
     ks = tuple(sorted({int(k) for k in kwargs.get("ks", (1, 5, 10, 50))}))
     every = compare_all(results, models, baselines, [f"hit@{k}" for k in ks], n_boot, seed)
     return SuiteResult(results, comparisons, skipped, every, fitted)
+
+
+def compare_to_best(
+    results: Mapping[str, EvalResult],
+    models: list[str],
+    baselines: list[str],
+    metric: str,
+    seed: int = 0,
+    n_boot: int = 1000,
+    tiebreak: str | None = None,
+) -> list[Comparison]:
+    """Each model against the best of ``baselines`` on ``metric`` (ties: the better ``tiebreak`` metric, else
+    the first), by a paired bootstrap over the same queries. ``n_boot=0`` still gets 1000 resamples: the
+    comparison needs its interval."""
+
+    def score(b: str) -> tuple[float, ...]:
+        m = results[b].metrics
+        return (m[metric],) if tiebreak is None else (m[metric], m.get(tiebreak, 0.0))
+
+    best = max(baselines, key=score)
+    return compare_all(results, models, [best], [metric], int(n_boot) or 1000, seed)
 
 
 def format_comparisons(suite: SuiteResult) -> str:
@@ -580,7 +603,8 @@ def format_comparisons(suite: SuiteResult) -> str:
             for m in metrics:
                 c = next(x for x in rows if x.baseline == b and x.metric == m)
                 mark = {"better": " +", "worse": " -"}.get(c.verdict, "")
-                cells.append(f"{100 * c.diff:+.1f} ({100 * c.lo:+.1f}..{100 * c.hi:+.1f}){mark}")
+                scale = 100 if m.startswith(RATE_PREFIXES) else 1
+                cells.append(f"{scale * c.diff:+.1f} ({scale * c.lo:+.1f}..{scale * c.hi:+.1f}){mark}")
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -595,7 +619,7 @@ def _cell(r: EvalResult, key: str) -> str:
         return ""
     if np.isnan(v):
         return "nan"
-    scale, fmt = (100, "{:.1f}") if key.startswith(("hit@", "contain@", "eff@", "ca_")) else (1, "{:.3f}")
+    scale, fmt = (100, "{:.1f}") if key.startswith(RATE_PREFIXES) else (1, "{:.3f}")
     text = fmt.format(v * scale)
     if key in r.intervals and not np.isnan(r.intervals[key][0]):
         lo, hi = r.intervals[key]
@@ -603,13 +627,13 @@ def _cell(r: EvalResult, key: str) -> str:
     return text
 
 
-def format_table(results: Mapping[str, EvalResult]) -> str:
-    """A Markdown table (rates in %, 95% bootstrap intervals in parentheses), the evaluation settings,
-    and, for a ``SuiteResult``, the paired comparisons and skipped baselines."""
+def format_table(results: Mapping[str, EvalResult], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """A Markdown table of ``columns`` (rates in %, 95% bootstrap intervals in parentheses), the evaluation
+    settings, and, for a ``SuiteResult``, the paired comparisons and skipped baselines."""
     if not results:
         return "(no results)"
     first = next(iter(results.values()))
-    cols = [c for c in TABLE_COLUMNS if any(c in r.metrics for r in results.values())]
+    cols = [c for c in columns if any(c in r.metrics for r in results.values())]
     lines = [
         "| model | " + " | ".join(cols) + " | offset margin | n |",
         "|---|" + "---:|" * (len(cols) + 2),

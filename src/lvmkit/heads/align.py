@@ -189,7 +189,8 @@ def fit_alignment(
     if not alphas or min(alphas) < 0:
         raise ConfigError(f"alphas must be non-negative numbers, got {alphas}")
     sp, split_source = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    val, train, _, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0)
+    val, fit_on, _, _ = build_windows(t, bank, sp, "val", max_val, 5, 0, fit=("train",))
+    train = fit_on.get("train")
     if train is None:
         raise ConfigError(
             f"the train split of {bank.path} has no windows for {run}: nothing to fit a head on"
@@ -242,22 +243,40 @@ def fit_alignment(
     return AlignFit(Path(run), out, val_scores, sweep, {**prov, "target": t})
 
 
-def report_test(fit: AlignFit, bank: VectorBank, *, max_queries: int | None = None, progress=None):
-    """The test table, read once: the run, the run + each head, and the baselines on the same windows.
-    Writes RUN/heads/align-test.md and .json; returns the SuiteResult."""
-    from lvmkit.eval.command import SPLIT_SEED_OFFSET, build_windows, resolve_split
-    from lvmkit.eval.evaluator import evaluate_suite, format_table
+def evaluate_heads(
+    fit: AlignFit,
+    bank: VectorBank,
+    *,
+    protocol: str = "open",
+    max_queries: int | None = None,
+    index: str | None = None,
+    nprobe: int | None = None,
+    n_boot: int = 1000,
+    progress=None,
+):
+    """The run, the run + each head, and the baselines (ridge and blend fitted as ``lvmkit eval`` fits them) on
+    the same test windows under ``protocol``: a ``SuiteResult``."""
+    from lvmkit.eval.command import build_windows, resolve_split
+    from lvmkit.eval.evaluator import evaluate_suite
 
     t = fit.info["target"]
     sp, _ = resolve_split(t, bank, None, (0.8, 0.1, 0.1), 0)
-    test, train, wkw, _, seed = build_windows(t, bank, sp, "test", max_queries, 5, 0)
+    test, fit_on, cfg, _ = build_windows(t, bank, sp, "test", max_queries, 5, 0)
     models = {
         t.name: t.predictor,
         **{f"{t.name}+{k}": AlignedModel(t.predictor, h) for k, h in fit.heads.items()},
     }
-    suite = evaluate_suite(
-        models, test, bank, train_windows=train, seed=seed - SPLIT_SEED_OFFSET["test"], progress=progress
-    )
+    return evaluate_suite(
+        models, test, bank, train_windows=fit_on.get("train"), val_windows=fit_on.get("val"), seed=cfg.seed,
+        protocol=protocol, index=index, nprobe=nprobe, n_boot=n_boot, progress=progress,
+    )  # fmt: skip
+
+
+def report_test(fit: AlignFit, bank: VectorBank, *, max_queries: int | None = None, progress=None):
+    """The test table, read once (protocol open): ``evaluate_heads``, written to RUN/heads/align-test.md and .json."""
+    from lvmkit.eval.evaluator import format_table
+
+    suite = evaluate_heads(fit, bank, max_queries=max_queries, progress=progress)
     d = fit.run / HEADS_DIR
     sweep = "\n".join(
         f"| {r['alpha']:g} | {100 * r['val_hit@5']:.1f} | {r['val_cos']:.4f} |" for r in fit.sweep

@@ -34,7 +34,7 @@ from lvmkit.lanes.schema import LaneSchema, load_schema, parse_schema
 FORMAT_VERSION = 1
 META = "classifier.json"
 WEIGHTS = "weights.npz"
-DEFAULT_CS = (1.0, 10.0, 100.0)
+DEFAULT_CS = (0.3, 1.0, 3.0)
 Progress = Callable[[str], None]
 
 
@@ -174,15 +174,41 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     )
 
 
-def _labelled_rows(bank: VectorBank, schema: LaneSchema) -> tuple[np.ndarray, dict[str, int]]:
-    """Lane of every row (-1 = not used) and the count of rows per unmapped label."""
-    y = label_lanes(bank.labels, schema)
+def read_article_labels(path: str | Path) -> dict[str, str]:
+    """``{article_id: label}`` from a CSV (header ``article_id,label``) or JSON Lines file (those two keys)."""
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no labels file at {path} (CSV or JSONL with fields article_id, label)")
+    with open(path, encoding="utf-8", newline="") as fh:
+        if path.suffix in (".jsonl", ".json"):
+            records = [json.loads(line) for line in fh if line.strip()]
+        else:
+            records = list(csv.DictReader(fh))
+    for i, r in enumerate(records, start=1):
+        missing = [k for k in ("article_id", "label") if k not in r]
+        if missing:
+            raise ConfigError(f"{path} record {i}: missing field {missing[0]!r} (need article_id and label)")
+    return {str(r["article_id"]): str(r["label"]) for r in records if r["label"] not in (None, "")}
+
+
+def _labelled_rows(
+    bank: VectorBank, schema: LaneSchema, labels: dict[str, str] | None = None
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Lane of every row (-1 = not used) and the count of rows per unmapped label. ``labels`` (article id ->
+    label) replaces the bank's ``label`` column."""
+    row_labels = (
+        bank.labels if labels is None else np.array([labels.get(a) for a in bank.article_ids], dtype=object)
+    )
+    y = label_lanes(row_labels, schema)
     unmapped: dict[str, int] = {}
-    for lab in bank.labels[y < 0]:
+    for lab in row_labels[y < 0]:
         key = "(no label)" if lab is None else str(lab)
         unmapped[key] = unmapped.get(key, 0) + 1
     if (y >= 0).sum() == 0:
-        present = sorted({str(x) for x in bank.labels if x is not None})[:12]
+        present = sorted({str(x) for x in row_labels if x is not None})[:12]
         raise LvmkitError(
             f"bank {bank.path} has no chunk whose label is mapped by schema {schema.name!r} (field lanes[].labels). "
             + (
@@ -221,16 +247,18 @@ def fit_lane_classifier(
     Cs: Sequence[float] = DEFAULT_CS,
     max_train: int | None = 60_000,
     max_iter: int = 300,
+    labels: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> LaneClassifier:
-    """Fit a lane classifier on ``bank``'s labels (see the module docstring for the protocol)."""
+    """Fit a lane classifier on ``bank``'s labels (see the module docstring for the protocol); ``labels``
+    (article id -> label, e.g. ``read_article_labels(file)``) replaces the bank's ``label`` column."""
     from lvmkit.data.splits import make_split
 
     schema = schema or load_schema(None)
     if not Cs or any(float(c) <= 0 for c in Cs):
         raise ConfigError(f"C values must be positive numbers, got {list(Cs)}")
     say = progress or (lambda msg: None)
-    y_all, unmapped = _labelled_rows(bank, schema)
+    y_all, unmapped = _labelled_rows(bank, schema, labels)
     split = make_split(bank, ratios=ratios, seed=seed)
     rows = {n: np.flatnonzero(split.row_mask(n) & (y_all >= 0)) for n in ("train", "val", "test")}
     for n in ("train", "val"):
@@ -260,7 +288,7 @@ def fit_lane_classifier(
     clf.provenance = {
         "bank": str(bank.path),
         "bank_id": bank.manifest.bank_id,
-        "labels_column": "label",
+        "labels": "bank label column" if labels is None else f"{len(labels)} article labels given",
         "split": {"ratios": list(split.ratios), "seed": split.seed, "hash": split.hash},
         "rows": {n: int(len(r)) for n, r in rows.items()},
         "train_rows_used": int(len(train)),

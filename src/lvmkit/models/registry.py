@@ -1,7 +1,9 @@
 """Build any model of the zoo by name: ``build_model("gru", dim=384, hidden=256, delta=True)``.
 
 The options a model accepts are exactly its constructor's keyword arguments (after ``dim``), so a typo in a
-config is caught here with a message that lists what that model does accept. The built model carries
+config is caught here with a message that lists what that model does accept. Any trainable model also takes
+``experts`` (with ``top_k``, ``expert_hidden``, ``balance_weight``): lane experts on that backbone
+(``lvmkit.models.experts``). The built model carries
 ``model.spec`` (name, dim and every option, defaults filled in): ``build_model(**model.spec)`` rebuilds it.
 """
 
@@ -15,6 +17,7 @@ from torch import nn
 from lvmkit.errors import ConfigError
 from lvmkit.models.amn import AMN
 from lvmkit.models.baselines import Blend, CopyLast, ExpWeighted, MeanCtx, Ridge
+from lvmkit.models.experts import split_expert_options, with_experts
 from lvmkit.models.mamba import Mamba
 from lvmkit.models.rnn import GRU, LSTM, HierarchicalGRU, MemoryGRU
 from lvmkit.models.towers import BiGRUPool, TransformerPool
@@ -51,6 +54,8 @@ def model_options(name: str) -> dict[str, Any]:
 def build_model(name: str, dim: int, **kwargs: Any) -> nn.Module:
     """A fresh model ``name`` for ``dim``-d vectors. Unknown names or options raise ConfigError."""
     options = model_options(name)
+    kwargs = dict(kwargs)
+    expert_opts = split_expert_options(kwargs)  # experts / top_k / ...: lvmkit.models.experts
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         allowed = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -59,7 +64,9 @@ def build_model(name: str, dim: int, **kwargs: Any) -> nn.Module:
         model = _model_class(name)(int(dim), **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {e}") from e
-    model.spec = {"name": name, "dim": int(dim), **options, **kwargs}
+    if expert_opts:
+        model = with_experts(model, name, **expert_opts)
+    model.spec = {"name": name, "dim": int(dim), **options, **kwargs, **expert_opts}
     return model
 
 

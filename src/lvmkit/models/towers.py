@@ -21,7 +21,7 @@ Document towers map bank vectors ``[N, d] -> [N, d]`` (unit vectors) and are bui
     identity          the bank vectors as they are (no parameters): the index of the bank is the index
     adapter           x + MLP(LayerNorm(x)), L2-normalised; the MLP's last layer starts at zero, so an
                       untrained adapter IS the identity. For evaluation the whole bank is re-encoded
-                      through it into a temporary exact index (``lvmkit.tasks.twotower.task.DocSpace``).
+                      through it into a temporary exact index (``lvmkit.tasks.twotower.docbank.DocBank``).
 """
 
 from __future__ import annotations

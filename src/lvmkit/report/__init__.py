@@ -9,8 +9,13 @@ output directory, also makes a report):
     metrics.json      the results table against the baselines with 95% intervals, the offset sweep, per-label
                       results, latency and gate outcomes. ``RUN/eval-test/metrics.json`` (written by
                       ``lvmkit eval RUN``, with latency and gates) is preferred over the trainer's ``RUN/metrics.json``
+                      when it scored the same queries (split, count, bank); else the run's own numbers are shown
     config.yaml       the resolved config, shown verbatim; its epoch gates are re-checked against history.jsonl
     status.json       state, best epoch
+
+A run without a metrics.json of its own (the quickstart's runs train with final_eval off) shows its row of a
+comparison given in the same report: a results-only directory whose metrics.json lists the run under
+``runs`` (``pipeline.compare_runs`` writes one: every run and baseline on the same queries). The card says so.
 
 ``load_run`` reads a directory into a ``RunData``; ``html.render_html`` and ``markdown.render_markdown`` turn a
 list of them into text; ``build_report`` does all of it and writes the files.
@@ -19,13 +24,14 @@ list of them into text; ``build_report`` does all of it and writes the files.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lvmkit.artifacts import read_json, read_jsonl, write_text
+from lvmkit.artifacts import read_jsonl, write_text
 from lvmkit.errors import ArtifactError
 
 METRICS_CANDIDATES = ("eval-test/metrics.json", "metrics.json")
@@ -44,12 +50,20 @@ class RunData:
     metrics: dict[str, Any] | None = None
     metrics_source: Path | None = None
     training_gates: list[dict[str, Any]] = field(default_factory=list)
+    shared_as: str | None = None  # set when ``metrics`` is a comparison's: this run's row name there
+
+    @property
+    def results_only(self) -> bool:
+        """An evaluation output (``lvmkit eval``, a comparison) rather than a training run."""
+        return bool(self.metrics) and not (self.history or self.config)
 
     @property
     def primary(self) -> str | None:
         """The row of the results table that is this run's model."""
         if not self.metrics:
             return None
+        if self.shared_as:
+            return self.shared_as
         if self.metrics.get("primary"):
             return self.metrics["primary"]
         comps = self.metrics.get("comparisons") or []
@@ -95,14 +109,17 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     run = RunData(path=path, name=name or path.name)
     run.history = read_jsonl(path / "history.jsonl")
     if (path / "status.json").is_file():
-        run.status = read_json(path / "status.json")
+        run.status = _read(path / "status.json", f"`lvmkit train --out {path} --resume` rewrites it")
     if (path / "config.yaml").is_file():
-        run.config_text = (path / "config.yaml").read_text(encoding="utf-8")
-        run.config = yaml.safe_load(run.config_text) or {}
+        run.config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        run.config = _read(path / "config.yaml", "every checkpoint of the run holds its config") or {}
+    found = []
     for rel in METRICS_CANDIDATES:
         if (path / rel).is_file():
-            run.metrics, run.metrics_source = read_json(path / rel), path / rel
-            break
+            fix = f"`lvmkit eval {path}` writes it again" + (" (with --out)" if "/" in rel else "")
+            found.append((_read(path / rel, fix), path / rel))
+    if found:
+        run.metrics, run.metrics_source = found[0] if _same_queries(found) else found[-1]
     if not (run.history or run.metrics or run.config):
         raise ArtifactError(
             f"{path} holds none of history.jsonl, metrics.json, config.yaml: not a run directory made by "
@@ -110,6 +127,31 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         )
     run.training_gates = recheck_training_gates(run.config, run.history)
     return run
+
+
+def _same_queries(found: list[tuple[dict, Path]]) -> bool:
+    """Whether ``lvmkit eval``'s output (first) scored the same queries as the trainer's metrics.json (last):
+    same split, count and bank. Otherwise the report keeps the run's own numbers rather than switch query sets
+    (e.g. an eval with --max-queries, another --split or bank)."""
+    if len(found) < 2:
+        return True
+    ev, own = found[0][0] or {}, found[-1][0] or {}
+    return all(ev.get(k) == own.get(k) for k in ("split", "n_queries", "bank_id"))
+
+
+def _read(path: Path, fix: str) -> Any:
+    """A JSON or YAML file of a run; a damaged one raises ArtifactError naming it and ``fix``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(
+            f"{path} is damaged ({first}); {fix}, or leave the run out of the report"
+        ) from None
+    if data is not None and not isinstance(data, dict):
+        raise ArtifactError(f"{path} is damaged (not a mapping); {fix}, or leave the run out of the report")
+    return data
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -137,7 +179,7 @@ def build_report(
     if not runs:
         raise ArtifactError("give at least one run directory")
     paths = [Path(r) for r in runs]
-    data = [load_run(p, n) for p, n in zip(paths, unique_names(paths), strict=True)]
+    data = share_comparisons([load_run(p, n) for p, n in zip(paths, unique_names(paths), strict=True)])
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_suffix(".html")
@@ -152,6 +194,28 @@ def build_report(
     md = out.with_suffix(".md")
     write_text(md, render_markdown(data, {k: f"{fig_dir.name}/{k}.png" for k in figures}, title, generated))
     return ReportPaths(out, md, fig_dir)
+
+
+def share_comparisons(data: list[RunData]) -> list[RunData]:
+    """Give each run without metrics of its own the metrics of a comparison in ``data`` that evaluated it
+    (its metrics.json lists the run's directory under ``runs``, with the row name as key)."""
+    for r in data:
+        if r.metrics:
+            continue
+        for other in data:
+            runs = (other.metrics or {}).get("runs") or {}
+            name = next((n for n, p in runs.items() if _same_dir(p, other.path, r.path)), None)
+            if name is not None and name in (other.metrics.get("results") or {}):
+                r.metrics, r.metrics_source, r.shared_as = other.metrics, other.metrics_source, name
+                break
+    return data
+
+
+def _same_dir(recorded: str, base: Path, run: Path) -> bool:
+    """``recorded`` (absolute, or relative to where it was written from) names ``run``."""
+    p = Path(recorded)
+    candidates = [p] if p.is_absolute() else [p, base.parent / p, base.parent.parent / p]
+    return any(c.resolve() == run.resolve() for c in candidates)
 
 
 def render_figures(data: list[RunData], plots) -> dict[str, bytes]:

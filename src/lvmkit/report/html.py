@@ -6,7 +6,10 @@ can be mailed, archived as a CI artifact, or opened offline years later and look
     summary      one row per run: model, state, test hit@5 with its interval, best baseline, verdict, gates
     curves       training curves of all runs on shared axes
     runs         one column per run, side by side: results table against the baselines (intervals under
-                 each value), comparison, figures, latency, gate outcomes, the resolved config
+                 each value), comparison, figures, latency, gate outcomes, the resolved config. A run without
+                 metrics of its own shows its row of a comparison in the report (``share_comparisons``); a
+                 results-only directory (``lvmkit eval`` output, the quickstart's comparison) spans the full
+                 width with the full table, so its many rows never scroll sideways in a narrow column
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; 
        background: #fafafa; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 18px 0 6px; }
 h3 { font-size: 14px; margin: 14px 0 4px; color: #333; }
-.meta { color: #666; font-size: 12px; margin-bottom: 14px; }
+.meta { color: #666; font-size: 12px; margin-bottom: 14px; } .meta code { overflow-wrap: anywhere; }
 .card { background: #fff; border: 1px solid #e1e4e8; border-radius: 6px; padding: 12px 14px; margin: 12px 0; }
 .runs { display: grid; gap: 14px; align-items: start; }
 .runs > .card { margin: 0; min-width: 0; }
+.runs > .card.wide { grid-column: 1 / -1; }
 table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
 th, td { border-bottom: 1px solid #e8e8e8; padding: 3px 6px; text-align: right; vertical-align: top; }
 th { background: #f3f4f6; font-weight: 600; }
@@ -108,8 +112,13 @@ def results_table(metrics: dict[str, Any], primary: str | None, compact: bool = 
     first = next(iter(results.values())).get("info") or {}
     excl = "excluded" if first.get("exclude_context", True) else "left in"
     nprobe = f", nprobe {first['nprobe']}" if first.get("nprobe") is not None else ""
+    from lvmkit.eval.protocol import OPEN, describe_candidates
+
+    where = describe_candidates(
+        first.get("protocol", OPEN), first.get("bank_size", "?"), first.get("mean_candidates")
+    )
     note = (
-        f"Full-bank search over {first.get('bank_size', '?')} chunks ({escape(str(first.get('index')))} index{nprobe}); "
+        f"{escape(where[0].upper() + where[1:])} ({escape(str(first.get('index')))} index{nprobe}); "
         f"context rows {excl}; CA in batches of {first.get('ca_batch', '?')}; rates in %, 95% bootstrap intervals."
     )
     return (
@@ -119,9 +128,16 @@ def results_table(metrics: dict[str, Any], primary: str | None, compact: bool = 
     )
 
 
-def comparisons(metrics: dict[str, Any]) -> str:
+def own_comparisons(metrics: dict[str, Any], primary: str | None) -> list[dict[str, Any]]:
+    """The comparisons of ``primary`` (all of them when it has none: an eval output's several models)."""
+    comps = metrics.get("comparisons") or []
+    mine = [c for c in comps if c.get("model") == primary]
+    return mine or comps
+
+
+def comparisons(metrics: dict[str, Any], primary: str | None = None) -> str:
     items = []
-    for c in metrics.get("comparisons") or []:
+    for c in own_comparisons(metrics, primary):
         cls = {"better": "pass", "worse": "fail"}.get(c["verdict"], "warn")
         items.append(
             f"<li>{escape(c['model'])} vs best baseline <b>{escape(c['baseline'])}</b> on {escape(c['metric'])}: "
@@ -185,7 +201,7 @@ def summary_table(runs) -> str:
         st = r.status or {}
         m = r.metrics or {}
         res = (m.get("results") or {}).get(r.primary or "", {})
-        comp = next(iter(m.get("comparisons") or []), None)
+        comp = next(iter(own_comparisons(m, r.primary)), None)
         best = (m.get("results") or {}).get(comp["baseline"], {}) if comp else {}
         verdict = comp["verdict"] if comp else "–"
         cls = {"better": "pass", "worse": "fail"}.get(verdict, "warn" if comp else "muted")
@@ -210,7 +226,8 @@ def summary_table(runs) -> str:
     )
 
 
-def run_column(i: int, r, figures: dict[str, bytes], compact: bool = False) -> str:
+def run_column(i: int, r, figures: dict[str, bytes], compact: bool = False, wide: bool = False) -> str:
+    """One run's card; ``wide``: it spans every column of the grid (a results-only directory)."""
     st = r.status or {}
     parts = [f"<h2>{escape(r.name)}</h2>"]
     line = [f"<code>{escape(str(r.path))}</code>"]
@@ -225,11 +242,19 @@ def run_column(i: int, r, figures: dict[str, bytes], compact: bool = False) -> s
     if m:
         desc = m.get("model") or ""
         parts.append(f"<h3>{escape(str(m.get('split', 'test')))} split: model vs baselines</h3>")
-        if desc:
+        source = r.metrics_source
+        shown = source.relative_to(r.path) if source and source.is_relative_to(r.path) else source
+        if r.shared_as:
+            parts.append(
+                f'<p class="meta">this run has no metrics.json of its own; its row <b>{escape(r.shared_as)}</b> of '
+                f"the comparison <code>{escape(str(shown))}</code>, evaluated with the other runs and the "
+                f"baselines on the same {escape(str(m.get('n_queries', '?')))} queries</p>"
+            )
+        elif desc:
             parts.append(f'<p class="meta">{escape(str(desc))}; {escape(str(m.get("n_queries", "?")))} queries; from '
-                         f"<code>{escape(str(r.metrics_source.relative_to(r.path)))}</code></p>")  # fmt: skip
+                         f"<code>{escape(str(shown))}</code></p>")  # fmt: skip
         parts.append(results_table(m, r.primary, compact))
-        parts.append(comparisons(m))
+        parts.append(comparisons(m, r.primary))
         parts.append(img(figures.get(f"{i}-bars"), f"{r.name}: hit@5 and contain@50 with intervals"))
         parts.append(img(figures.get(f"{i}-offsets"), f"{r.name}: offset sweep"))
         parts.append(img(figures.get(f"{i}-labels"), f"{r.name}: hit@5 by label"))
@@ -257,14 +282,19 @@ def run_column(i: int, r, figures: dict[str, bytes], compact: bool = False) -> s
         parts.append(
             f"<details><summary>resolved config</summary><pre>{escape(r.config_text)}</pre></details>"
         )
-    return f'<div class="card">{"".join(parts)}</div>'
+    return f'<div class="card{" wide" if wide else ""}">{"".join(parts)}</div>'
 
 
 def render_html(runs, figures: dict[str, bytes], title: str, generated: str) -> str:
     """The whole page for ``runs`` (``RunData`` list) and ``figures`` (PNG bytes by key)."""
     n = len(runs)
     curves = figures.get("curves")
-    columns = f"repeat({n}, minmax(0, 1fr))" if n <= 3 else "repeat(auto-fill, minmax(520px, 1fr))"
+    side_by_side = sum(1 for r in runs if not (n > 1 and r.results_only)) or 1  # wide cards take a row each
+    columns = (
+        f"repeat({side_by_side}, minmax(0, 1fr))"
+        if side_by_side <= 3
+        else "repeat(auto-fill, minmax(520px, 1fr))"
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
@@ -279,7 +309,10 @@ def render_html(runs, figures: dict[str, bytes], title: str, generated: str) -> 
             else ""
         )
         + f'<div class="runs" style="grid-template-columns: {columns}">'
-        + "".join(run_column(i, r, figures, compact=n > 1) for i, r in enumerate(runs))
+        + "".join(
+            run_column(i, r, figures, compact=n > 1 and not r.results_only, wide=n > 1 and r.results_only)
+            for i, r in enumerate(runs)
+        )
         + "</div>"
         "<footer>Metrics: hit@k = share of queries whose true next chunk is in the top k of the whole bank; "
         "contain@50 = the same at 50 (the reranking ceiling); eff@5 = hit@5 / contain@50; mrr@10 = mean 1/rank "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lvmkit.report.html import PERCENT, table_columns
+from lvmkit.report.html import PERCENT, own_comparisons, table_columns
 
 
 def _v(key: str, v: Any) -> str:
@@ -38,6 +38,14 @@ def results_table(metrics: dict[str, Any], primary: str | None) -> list[str]:
             + f" | {_v('offset_margin', r.get('metrics', {}).get('offset_margin'))}{flag} | "
             f"{(r.get('info') or {}).get('n_queries', '')} |"
         )
+    if results:
+        from lvmkit.eval.protocol import OPEN, describe_candidates
+
+        first = next(iter(results.values())).get("info") or {}
+        where = describe_candidates(
+            first.get("protocol", OPEN), first.get("bank_size", "?"), first.get("mean_candidates")
+        )
+        lines += ["", where[0].upper() + where[1:] + "."]
     return lines
 
 
@@ -71,7 +79,7 @@ def render_markdown(runs, figure_files: dict[str, str], title: str, generated: s
     for r in runs:
         m = r.metrics or {}
         res = (m.get("results") or {}).get(r.primary or "", {})
-        comp = next(iter(m.get("comparisons") or []), None)
+        comp = next(iter(own_comparisons(m, r.primary)), None)
         best = (m.get("results") or {}).get(comp["baseline"], {}) if comp else {}
         out.append(
             f"| {r.name} | {r.primary or '–'} | {(r.status or {}).get('state', '–')} | "
@@ -93,16 +101,21 @@ def render_markdown(runs, figure_files: dict[str, str], title: str, generated: s
         m = r.metrics
         if m:
             out += ["", f"### {m.get('split', 'test')} split: model vs baselines", ""]
-            if m.get("model"):
+            source = r.metrics_source
+            shown = source.relative_to(r.path) if source and source.is_relative_to(r.path) else source
+            if r.shared_as:
                 out += [
-                    f"{m['model']}; {m.get('n_queries', '?')} queries; from `{r.metrics_source.relative_to(r.path)}`.",
+                    f"This run has no metrics.json of its own: its row **{r.shared_as}** of the comparison `{shown}`, "
+                    f"evaluated with the other runs and the baselines on the same {m.get('n_queries', '?')} queries.",
                     "",
                 ]
+            elif m.get("model"):
+                out += [f"{m['model']}; {m.get('n_queries', '?')} queries; from `{shown}`.", ""]
             out += results_table(m, r.primary)
             out += [""] + [
                 f"- {c['model']} vs best baseline {c['baseline']} on {c['metric']}: {100 * c['diff']:+.1f} points "
                 f"(95% CI {100 * c['lo']:+.1f} to {100 * c['hi']:+.1f}): {c['verdict']}"
-                for c in m.get("comparisons") or []
+                for c in own_comparisons(m, r.primary)
             ]
             for kind, alt in (
                 ("bars", "retrieval with intervals"),

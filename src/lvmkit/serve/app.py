@@ -22,10 +22,10 @@ token 401. Which run answers ``/v1/next`` is decided by ``service.models`` alone
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
+import pathlib
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -50,9 +50,16 @@ from lvmkit.serve.schemas import (
 )
 from lvmkit.serve.service import Service
 
-STATIC = Path(__file__).parent / "static"
+STATIC = pathlib.Path(__file__).parent / "static"
 ERROR_STATUS = ((RequestError, 422), (NotFoundError, 404), (ArtifactError, 404), (ProvenanceError, 409))
 ERRORS = {c: {"model": ErrorOut} for c in (400, 401, 404, 409, 413, 422)}
+RUN_NAME = Path(
+    ...,
+    pattern=runs_lib.RUN_NAME.pattern,
+    max_length=128,
+    description="a run directory's name under --runs-dir",
+)
+HTML_PAGE = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def create_app(service: Service, token: str | None = None) -> FastAPI:
@@ -69,17 +76,16 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=service.limits.max_body_bytes)
     _error_handlers(app)
     app.include_router(_public_routes(service))
-    app.include_router(_api_routes(service), dependencies=[Depends(_token_check(token))])
+    # the bearer check (and its security scheme in the OpenAPI schema) only exists when a token is set
+    app.include_router(_api_routes(service), dependencies=[Depends(_token_check(token))] if token else [])
     _pages(app)
     return app
 
 
-def _token_check(token: str | None):
+def _token_check(token: str):
     bearer = HTTPBearer(auto_error=False, description="lvmkit serve --token / LVMKIT_TOKEN")
 
     def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if token is None:
-            return
         given = cred.credentials if cred is not None else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
@@ -107,15 +113,15 @@ def _api_routes(svc: Service) -> APIRouter:
         return svc.info(auth=request.app.state.auth)
 
     @r.post("/search", response_model=SearchResponse)
-    def search(req: SearchRequest) -> SearchResponse:
+    def search(req: SearchRequest, background: BackgroundTasks) -> SearchResponse:
         """The k nearest chunks of the whole bank to a text, encoded with the bank's encoder."""
-        return svc.search(req)
+        return svc.search(req, defer=background.add_task)
 
     @r.post("/next", response_model=NextResponse)
-    def next_chunks(req: NextRequest) -> NextResponse:
+    def next_chunks(req: NextRequest, background: BackgroundTasks) -> NextResponse:
         """Predicted next chunks after a context (or a paragraph split by the bank's chunker), beside what
         copy_last returns, with the time of each stage."""
-        return svc.next(req)
+        return svc.next(req, defer=background.add_task)  # request log and shadows run after the response
 
     @r.get("/runs", response_model=RunList)
     def runs() -> RunList:
@@ -126,12 +132,12 @@ def _api_routes(svc: Service) -> APIRouter:
         )
 
     @r.get("/runs/{name}", response_model=RunDetail)
-    def run(name: str) -> RunDetail:
+    def run(name: str = RUN_NAME) -> RunDetail:
         """One run: status, history rows (training curves), gates, final metrics beside the baselines."""
         return runs_lib.run_detail(svc.runs_dir, name)
 
-    @r.get("/runs/{name}/report", response_class=HTMLResponse)
-    def report(name: str) -> HTMLResponse:
+    @r.get("/runs/{name}/report", response_model=None, responses={200: HTML_PAGE})
+    def report(name: str = RUN_NAME) -> HTMLResponse:
         """The run's self-contained HTML report (as `lvmkit report RUN` writes it), rendered in memory."""
         return HTMLResponse(runs_lib.run_report_html(svc.runs_dir, name))
 
@@ -162,13 +168,13 @@ def _pages(app: FastAPI) -> None:
         )
 
 
-def _swagger_dir() -> Path | None:
+def _swagger_dir() -> pathlib.Path | None:
     """Swagger UI's files from the fastapi-offline package (no CDN), or None when it is not installed."""
     try:
         import fastapi_offline
     except ImportError:
         return None
-    d = Path(fastapi_offline.__file__).parent / "static"
+    d = pathlib.Path(fastapi_offline.__file__).parent / "static"
     return d if (d / "swagger-ui-bundle.js").is_file() else None
 
 

@@ -108,6 +108,14 @@ def load_predictor(spec: str, bank: VectorBank, runs_dir: Path | None = None) ->
         raise ConfigError(f"{spec} does not hold a model that predicts from context vectors")
     name = Path(spec).name if target.kind == "run" else Path(spec).stem
     cfg = target.config
+    from lvmkit.tasks import get_task
+
+    query, space = get_task(cfg.task).search_space(target.predictor, bank)
+    if space is not bank:  # a two-tower run with an adapter document tower: its queries live in that space
+        raise ConfigError(
+            f"{spec} searches the bank through its document tower ({cfg.twotower.doc_tower}); the server searches "
+            "the bank as stored, so it can serve only runs whose document tower is identity"
+        )
     info = {
         "source": str(Path(spec).resolve()),
         "kind": target.kind,
@@ -118,7 +126,7 @@ def load_predictor(spec: str, bank: VectorBank, runs_dir: Path | None = None) ->
         "trained_on_bank_id": target.trained_on.get("bank_id"),
         "same_bank": target.trained_on.get("bank_id") == bank.manifest.bank_id,
     }
-    return RunPredictor(name=name, model=target.predictor.eval(), ctx=int(cfg.data.ctx), info=info)
+    return RunPredictor(name=name, model=query.eval(), ctx=int(cfg.data.ctx), info=info)
 
 
 def _baseline(name: str, bank: VectorBank) -> RunPredictor:

@@ -18,7 +18,7 @@ from pathlib import Path
 from lvmkit.errors import ArtifactError, NotFoundError, RequestError
 from lvmkit.serve.schemas import RunDetail, RunSummaryOut
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")  # one path component, no leading dot
 MAX_STEP_ROWS = 500
 
 

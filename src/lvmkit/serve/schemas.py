@@ -141,6 +141,11 @@ class Info(BaseModel):
     encoder: dict[str, Any]
     query_encoder: dict[str, Any]
     models: list[dict[str, Any]]
+    routing: dict[str, Any] | None = Field(
+        None,
+        description="--routing: the config, the canary's state, rolling P50/P95 per run, shadow agreement",
+    )
+    request_log: str | None = Field(None, description="--log-requests: the directory requests are logged to")
     index: dict[str, Any]
     protocol: dict[str, Any]
     limits: Limits

@@ -49,8 +49,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ArtifactError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise ArtifactError(f"{path} is not a readable lvmkit checkpoint: {e}") from e
+    except (
+        Exception
+    ) as e:  # truncated file, foreign pickle, ...: torch's own advice (weights_only=False) is unsafe
+        raise ArtifactError(
+            f"{path} is damaged or not an lvmkit checkpoint ({path.stat().st_size:,} bytes; torch.load failed "
+            f"with {type(e).__name__}); it cannot be used"
+        ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ArtifactError(f"{path} is not an lvmkit checkpoint (missing {', '.join(missing)})")
@@ -59,6 +64,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} has checkpoint format {state['format']}; this lvmkit reads format {CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def checkpoint_state(
+    modules: nn.ModuleDict,
+    task: Any,
+    cfg: Any,
+    progress: dict[str, Any],
+    *,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    np_rng: np.random.Generator | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one checkpoint dict (see the module docstring): every module's weights and the task's provenance;
+    with an ``optimizer``, everything an exact resume needs (optimiser, schedule, scaler, task state, RNG
+    states: last.pt, best.pt); without, weights only (nan.pt, the two-tower abort.pt). ``extra`` is added."""
+    state: dict[str, Any] = {"modules": {n: m.state_dict() for n, m in modules.items()}, **task.provenance()}
+    if optimizer is not None:
+        state.update(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(),
+            task=task.state_dict(),
+            rng=rng_state(np_rng),
+        )
+    return {**state, "progress": progress, "config": cfg.model_dump(mode="json"), **extra}
 
 
 # ------------------------------------------------------------------------------------------- RNG
@@ -101,6 +133,24 @@ def check_bank(ckpt: dict[str, Any], bank, what: str = "the checkpoint") -> None
         )
 
 
+def model_from_checkpoint(
+    ckpt: dict[str, Any],
+    path: Any = "the checkpoint",
+    module: str = "model",
+    spec_key: str = "model",
+    build=None,
+) -> nn.Module:
+    """The one checkpoint-to-model loader: ``build(**ckpt[spec_key])`` (default ``build_model``) with the weights
+    of ``ckpt["modules"][module]``, in eval mode. Every task's ``load_predictor`` and ``load_model`` use it."""
+    if build is None:
+        from lvmkit.models import build_model as build
+    if module not in ckpt["modules"] or spec_key not in ckpt:
+        raise ArtifactError(f"{path} holds no module named {module!r} (it has: {', '.join(ckpt['modules'])})")
+    model = build(**ckpt[spec_key])
+    model.load_state_dict(ckpt["modules"][module])
+    return model.eval()
+
+
 def load_model(
     path: str | os.PathLike, bank=None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -108,15 +158,7 @@ def load_model(
 
     With ``bank`` given, the checkpoint must have been trained on that bank (ProvenanceError otherwise).
     """
-    from lvmkit.models import build_model
-
     ckpt = load_checkpoint(path, map_location=map_location)
     if bank is not None:
         check_bank(ckpt, bank, what=f"checkpoint {path}")
-    spec = ckpt["model"]
-    if "model" not in ckpt["modules"]:
-        raise ArtifactError(f"{path} holds no module named 'model' (it has: {', '.join(ckpt['modules'])})")
-    model = build_model(**spec)
-    model.load_state_dict(ckpt["modules"]["model"])
-    model.eval()
-    return model, ckpt
+    return model_from_checkpoint(ckpt, path), ckpt

@@ -8,18 +8,20 @@ Any unknown key or bad value becomes a ``ConfigError`` that names the dotted fie
     cfg = load_config("configs/gru.yaml", ["optim.lr=1e-3", "data.ctx=10"])
     save_config(cfg, "runs/gru/config.yaml")   # the resolved config, exactly what the run used
 
-Every section forbids unknown keys (a typo must not be silently ignored). The one open place is
-``twotower:``, the section the two-tower task owns (see the comment on ``RunConfig.twotower``).
+Every section forbids unknown keys (a typo must not be silently ignored). ``RunConfig`` holds the sections
+every task shares; each task (``lvmkit.tasks.TASKS``) subclasses it with its own typed sections (the LVM task:
+``loss``; the two-tower task: ``twotower``), and ``config_from_dict`` picks the subclass by ``task``
+(a pydantic union discriminated on that field).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lvmkit.artifacts import write_text
 from lvmkit.errors import ConfigError
@@ -112,17 +114,17 @@ class GateConfig(_Section):
 
 
 class RunConfig(_Section):
-    """Everything one training run needs. ``bank`` is a path (relative paths are taken from the working
-    directory), e.g. ``banks/enwiki`` made by ``lvmkit ingest ... --out banks/enwiki``."""
+    """What every training run needs, whatever its task. ``bank`` is a path (relative paths are taken from the
+    working directory), e.g. ``banks/enwiki`` made by ``lvmkit ingest ... --out banks/enwiki``. A task's config
+    (``lvmkit.tasks.TASKS[name].config_class``) subclasses this with ``task: Literal[name]`` and its sections."""
 
-    task: Literal["lvm", "twotower"] = "lvm"
+    task: str = "lvm"
     bank: Path
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     split: SplitConfig = Field(default_factory=SplitConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: dict[str, Any] = Field(default_factory=lambda: {"cos": 1.0}, description="spec for build_loss")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint_every_steps: int | None = Field(
@@ -131,16 +133,6 @@ class RunConfig(_Section):
     log_every_steps: int = Field(50, ge=1, description="a step row in history.jsonl every N optimiser steps")
     gates: list[GateConfig] = Field(default_factory=list)
     final_eval: bool = Field(True, description="evaluate the best checkpoint on the test split at the end")
-    # The two-tower task (issue #5) owns this section and validates it itself; it is the only place in the
-    # config where keys are not checked here.
-    twotower: dict[str, Any] | None = None
-
-    @field_validator("loss")
-    @classmethod
-    def _loss_not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not v:
-            raise ValueError("the loss spec is empty; give at least one term, e.g. {cos: 1.0}")
-        return v
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -190,24 +182,35 @@ def _list_index(node: list, part: str, where: str) -> int:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a plain dict into a RunConfig, turning pydantic errors into one readable ConfigError."""
+    """Validate a plain dict into its task's RunConfig subclass (``task`` discriminates; default ``lvm``),
+    turning pydantic errors into one readable ConfigError."""
+    from lvmkit.tasks import TASKS, run_config_adapter
+
+    raw = {"task": "lvm", **raw}
+    if raw.get("twotower", "") is None:  # written by lvmkit before the task spec: an LVM run's empty section
+        raw = {k: v for k, v in raw.items() if k != "twotower"}
+    task = raw["task"]
+    if not isinstance(task, str) or task not in TASKS:
+        allowed = " or ".join(repr(t) for t in TASKS)
+        raise ConfigError(f"{source} is invalid:\n  - task: unknown task {task!r}; allowed: {allowed}")
     try:
-        return RunConfig.model_validate(raw)
+        return run_config_adapter().validate_python(raw)
     except ValidationError as e:
-        raise ConfigError(
-            f"{source} is invalid:\n" + "\n".join(_describe(err) for err in e.errors())
-        ) from None
+        cls = TASKS[task].config_class
+        lines = [_describe(err, cls, strip_tag=True) for err in e.errors()]
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def read_yaml_config(
+    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (), what: str = "config file"
+) -> dict[str, Any]:
+    """The mapping in a YAML file ({} for None) with ``key=value`` overrides applied; ConfigError when the file
+    is missing, not YAML, or not a mapping (shared by run configs and cascade configs)."""
     raw: dict[str, Any] = {}
-    source = "config"
     if path is not None:
         path = Path(path)
-        source = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+            raise ConfigError(f"{what} {path} does not exist (see configs/ for examples)")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -217,6 +220,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(raw, keys, value)
+    return raw
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw = read_yaml_config(path, overrides)
+    source = "config" if path is None else str(path)
     if overrides:
         source += " (with --set " + " ".join(overrides) + ")"
     return config_from_dict(raw, source)
@@ -246,15 +256,18 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ errors
-def _describe(err: dict[str, Any]) -> str:
-    """One line per pydantic error: the dotted field, what went wrong, what is allowed."""
-    loc = [str(p) for p in err["loc"]]
+def _describe(err: dict[str, Any], model: type[BaseModel] = RunConfig, strip_tag: bool = False) -> str:
+    """One line per pydantic error: the dotted field, what went wrong, what is allowed. ``strip_tag`` drops
+    the union's tag (the task name) that a discriminated union puts first in each location."""
+    loc = [str(p) for p in err["loc"]][1 if strip_tag else 0 :]
     field = ".".join(loc) or "<root>"
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(loc[:-1])
+        allowed = _allowed_fields(model, loc[:-1])
         section = ".".join(loc[:-1]) or "the top level"
-        return f"  - {field}: unknown field; allowed in {section}: {', '.join(allowed)}"
+        owner = _task_owning(loc[0]) if len(loc) == 1 else None
+        hint = f" ({loc[0]} is the section of task: {owner})" if owner else ""
+        return f"  - {field}: unknown field{hint}; allowed in {section}: {', '.join(allowed)}"
     if kind == "missing":
         return f"  - {field}: required field is missing"
     got = err.get("input")
@@ -262,8 +275,10 @@ def _describe(err: dict[str, Any]) -> str:
     return f"  - {field}: {err['msg']}{shown}"
 
 
-def _allowed_fields(loc: list[str]) -> list[str]:
-    model: Any = RunConfig
+describe_error = _describe  # public: other typed configs (the serve routing file) format errors alike
+
+
+def _allowed_fields(model: Any, loc: list[str]) -> list[str]:
     for part in loc:
         if part.isdigit():
             continue
@@ -271,6 +286,15 @@ def _allowed_fields(loc: list[str]) -> list[str]:
         if info is None:
             return []
         model = info.annotation
-        if getattr(model, "__origin__", None) is list:
-            model = model.__args__[0]
+        if get_origin(model) is list:
+            model = get_args(model)[0]
+        elif get_args(model):  # Section | None
+            model = next((a for a in get_args(model) if hasattr(a, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))
+
+
+def _task_owning(section: str) -> str | None:
+    """The task whose config has top-level field ``section`` (for "unknown field" messages)."""
+    from lvmkit.tasks import TASKS
+
+    return next((n for n, spec in TASKS.items() if section in spec.config_class.model_fields), None)

@@ -333,19 +333,13 @@ Vectors = Callable[[np.ndarray], np.ndarray]  # rows -> float32 [len(rows), d] d
 
 
 def _candidates(q, pos, article_of_row, search: Search, doc_vectors: Vectors, k: int, near_dup: float):
-    """Top-``k`` candidates of each query and the safety rules over them: (scores, ids, valid, (positive,
-    same_article, near_dup) masks [b, k]); each candidate is charged to the first rule that drops it."""
+    """Top-``k`` candidates of each query and the safety rules over them (``_apply_rules`` without a window):
+    (scores, ids, valid, (positive, same_article, near_dup) masks [b, k])."""
     scores, ids = search(q, k)
     ids = np.asarray(ids, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float32)
-    valid = ids >= 0
-    safe = np.where(valid, ids, 0)
-    r_pos = valid & (ids == pos[:, None])
-    r_art = valid & ~r_pos & (article_of_row[safe] == article_of_row[pos][:, None])
-    cand_vec = doc_vectors(safe.ravel()).reshape(*ids.shape, -1)
-    cos_pos = np.einsum("bd,bkd->bk", doc_vectors(pos), cand_vec)
-    r_dup = valid & ~(r_pos | r_art) & ((cos_pos > near_dup) | (scores > near_dup))
-    return scores, ids, valid, (r_pos, r_art, r_dup)
+    rules, _, _ = _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup, -1.0, 1.0)
+    return scores, ids, ids >= 0, rules[:3]
 
 
 def neighbour_cosines(
@@ -425,6 +419,36 @@ def mine_negatives(
     positives = np.asarray(positives, dtype=np.int64)
     P = len(queries)
     count, width = int(count), int(count if width is None else width)
+    _check_mining_args(P, pair_ids, positives, count, width, lo, hi)
+    k = candidate_factor * count
+    out = np.full((P, width), -1, dtype=np.int64)
+    dropped = dict.fromkeys(RULES, 0)
+    totals = np.zeros(4)  # kept, sum of kept cosines, padded, missing
+    for s in range(0, P, block):
+        pos = positives[s : s + block]
+        scores, ids = search(queries[s : s + block], k)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        rules, good, spare = _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup, lo, hi)
+        for name, m in zip(RULES, rules, strict=True):
+            dropped[name] += int(m.sum())
+        totals += _fill_rows(out[s : s + block], ids, scores, good, spare, count)
+    kept, cos_sum, padded, missing = totals
+    stats = {
+        "pairs": P,
+        "count": count,
+        "window": [float(lo), float(hi)],
+        "candidates": int(P * k),
+        "kept": int(kept),
+        "padded": int(padded),
+        "missing": int(missing),
+        "mean_cos_kept": float(cos_sum) / kept if kept else float("nan"),
+        **{f"dropped_{name}": v for name, v in dropped.items()},
+    }
+    return out, stats
+
+
+def _check_mining_args(P: int, pair_ids, positives, count: int, width: int, lo: float, hi: float) -> None:
     if count < 1:
         raise ConfigError(f"mine_negatives needs count >= 1, got {count}")
     if width < count:
@@ -433,48 +457,44 @@ def mine_negatives(
         raise ConfigError(f"mining window {lo}-{hi} must satisfy -1 <= lo < hi <= 1")
     if len(pair_ids) != P or len(positives) != P:
         raise ValueError(f"{P} queries but {len(pair_ids)} pair ids and {len(positives)} positives")
-    k = candidate_factor * count
-    out = np.full((P, width), -1, dtype=np.int64)
-    dropped = dict.fromkeys(RULES, 0)
-    kept_total = padded_total = missing_total = 0
-    kept_cos_sum = 0.0
-    for s in range(0, P, block):
-        q = queries[s : s + block]
-        pos = positives[s : s + block]
-        scores, ids, valid, (r_pos, r_art, r_dup) = _candidates(
-            q, pos, article_of_row, search, doc_vectors, k, near_dup
-        )
-        taken = r_pos | r_art | r_dup
-        in_window = (scores >= lo) & (scores <= hi)
-        r_win = valid & ~taken & ~in_window
-        good = valid & ~taken & in_window  # passes every rule
-        spare = r_win  # passes the safety rules, outside the window: padding material
-        for name, m in zip(RULES, (r_pos, r_art, r_dup, r_win), strict=True):
-            dropped[name] += int(m.sum())
-        for i in range(len(q)):
-            g = ids[i, good[i]][:count]
-            row = s + i
-            out[row, : len(g)] = g
-            kept_total += len(g)
-            kept_cos_sum += float(scores[i, good[i]][:count].sum())
-            short = count - len(g)
-            if short:
-                pad = ids[i, spare[i]][:short]
-                out[row, len(g) : len(g) + len(pad)] = pad
-                padded_total += len(pad)
-                missing_total += short - len(pad)
-    stats = {
-        "pairs": P,
-        "count": count,
-        "window": [float(lo), float(hi)],
-        "candidates": int(P * k),
-        "kept": kept_total,
-        "padded": padded_total,
-        "missing": missing_total,
-        "mean_cos_kept": kept_cos_sum / kept_total if kept_total else float("nan"),
-        **{f"dropped_{name}": v for name, v in dropped.items()},
-    }
-    return out, stats
+
+
+def _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup: float, lo: float, hi: float):
+    """The rule masks over [b, k] candidates (each candidate is charged to the first rule that drops it),
+    the candidates that pass every rule, and the spare ones (safe, outside the window: padding material)."""
+    valid = ids >= 0
+    safe = np.where(valid, ids, 0)
+    r_pos = valid & (ids == pos[:, None])
+    r_art = valid & ~r_pos & (article_of_row[safe] == article_of_row[pos][:, None])
+    pos_vec = doc_vectors(pos)
+    cand_vec = doc_vectors(safe.ravel()).reshape(*ids.shape, -1)
+    cos_pos = np.einsum("bd,bkd->bk", pos_vec, cand_vec)
+    taken = r_pos | r_art
+    r_dup = valid & ~taken & ((cos_pos > near_dup) | (scores > near_dup))
+    taken |= r_dup
+    in_window = (scores >= lo) & (scores <= hi)
+    r_win = valid & ~taken & ~in_window
+    good = valid & ~taken & in_window
+    return (r_pos, r_art, r_dup, r_win), good, r_win
+
+
+def _fill_rows(out: np.ndarray, ids, scores, good, spare, count: int) -> np.ndarray:
+    """Each row of ``out``: its first ``count`` good candidates, padded from the spare ones. Returns (kept,
+    sum of the kept cosines, padded, missing)."""
+    kept = padded = missing = 0
+    cos_sum = 0.0
+    for i in range(len(ids)):
+        g = ids[i, good[i]][:count]
+        out[i, : len(g)] = g
+        kept += len(g)
+        cos_sum += float(scores[i, good[i]][:count].sum())
+        short = count - len(g)
+        if short:
+            pad = ids[i, spare[i]][:short]
+            out[i, len(g) : len(g) + len(pad)] = pad
+            padded += len(pad)
+            missing += short - len(pad)
+    return np.array([kept, cos_sum, padded, missing], dtype=np.float64)
 
 
 def format_mining_stats(stats: dict[str, Any]) -> str:

@@ -21,7 +21,9 @@ killed (or crashed hard); ``lvmkit train ... --resume`` continues it from last.p
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from typing import Any
 import psutil
 
 from lvmkit import locking
-from lvmkit.artifacts import read_json, read_jsonl, write_json
-from lvmkit.errors import ArtifactError
+from lvmkit.artifacts import read_json, read_jsonl, write_json, write_text
+from lvmkit.errors import ArtifactError, ConfigError, LvmkitError
 
 STATES = ("running", "finished", "stopped_gate", "stopped_nan", "early_stopped", "failed")
 
@@ -66,6 +68,188 @@ def lock_run(run: RunPaths) -> locking.Lock:
     )
 
 
+# Fields that may change between a run and its resume: they do not alter the trajectory already trained.
+RESUMABLE_CHANGES = (
+    "optim.epochs",
+    "final_eval",
+    "checkpoint_every_steps",
+    "log_every_steps",
+    "gates",
+    "early_stopping.patience",
+)
+
+
+def claim_run_dir(run: RunPaths, cfg, resume: bool, overwrite: bool = False):
+    """Make ``run`` this process's run directory: take its lock (one writer; ``LockedError`` naming the
+    holder), then ``prepare_run_dir``. Returns (the config to train, the lock to release at the end)."""
+    lock = lock_run(run)
+    try:
+        return prepare_run_dir(run, cfg, resume, overwrite), lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def prepare_run_dir(run: RunPaths, cfg, resume: bool, overwrite: bool = False):
+    """A fresh run needs a new or empty directory, or ``overwrite``, or a failed run that never wrote a
+    checkpoint (restarted with the corrected config); a resume needs the same config (RESUMABLE_CHANGES
+    aside) and its last.pt whenever the run wrote one."""
+    if not resume:
+        if holds_run(run):
+            if not (overwrite or failed_before_checkpoint(run)):
+                raise ConfigError(
+                    f"{run.root} already holds a run; continue it with --resume, start it over with --overwrite, "
+                    "or choose another --out"
+                )
+            clear_run(run)
+        run.root.mkdir(parents=True, exist_ok=True)
+        _save_config(cfg, run.config)
+        return cfg
+    if overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it over: give one of them")
+    saved = _check_resumable(run, cfg)
+    if cfg != saved:
+        from lvmkit.train.config import config_diff
+
+        _save_config(cfg, run.config)
+        log(run, "config changed on resume: " + ", ".join(config_diff(saved, cfg)))
+    return cfg
+
+
+def _check_resumable(run: RunPaths, cfg):
+    """The run's saved config, after refusing a resume that would not continue it (see prepare_run_dir)."""
+    from lvmkit.train.config import config_diff, load_config
+
+    if not run.config.exists():
+        raise ConfigError(
+            f"--resume: {run.root} has no config.yaml, so it is not a run made by `lvmkit train`"
+        )
+    saved = load_config(run.config)
+    changed = [f for f in config_diff(saved, cfg) if not f.startswith(RESUMABLE_CHANGES)]
+    if changed and failed_before_checkpoint(run):
+        return saved  # nothing was trained yet: the corrected config starts it (the caller saves it)
+    if changed:
+        raise ConfigError(
+            f"--resume: the config differs from the run's {run.config} in {', '.join(changed)}; these change "
+            f"what is trained, so start a new run instead (only {', '.join(RESUMABLE_CHANGES)} may change)"
+        )
+    if not run.last.exists() and wrote_checkpoint(run):
+        raise ArtifactError(
+            f"--resume: {run.last} is missing, but this run wrote it (it has trained {_trained(run)}): starting "
+            f"over would overwrite best.pt and history.jsonl. Restore {run.last}, or start the run over with "
+            f"`lvmkit train CONFIG --out {run.root} --overwrite`"
+        )
+    state = status_state(run)
+    if state in ("stopped_gate", "stopped_nan"):
+        raise ConfigError(
+            f"--resume: {run.root} {state.replace('_', ' at a ')}; resuming would stop again. "
+            f"Read {run.triage} and start a new run with the suggested change."
+        )
+    if state in ("finished", "early_stopped") and (not cfg.final_eval or run.metrics_json.exists()):
+        last = load_last(run) if run.last.exists() else None
+        if last is None or last["progress"]["epoch"] > cfg.optim.epochs or last["progress"]["stop"]:
+            raise ConfigError(f"--resume: {run.root} has already {state.replace('_', ' ')}; nothing to do")
+    return saved
+
+
+def load_last(run: RunPaths, map_location: Any = "cpu") -> dict[str, Any]:
+    """The run's last.pt for --resume; a damaged one is named with the two ways out."""
+    from lvmkit.train.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(run.last, map_location=map_location)
+    except ArtifactError as e:
+        raise ArtifactError(
+            f"--resume: {e}. Restore {run.last} from a copy, or start the run over with "
+            f"`lvmkit train CONFIG --out {run.root} --overwrite`"
+        ) from None
+
+
+def check_checkpoint_config(run: RunPaths, ckpt: dict[str, Any], cfg) -> None:
+    """last.pt stores the config it was trained with; a config.yaml that differs from it in what is trained
+    (edited, or damaged: a truncated YAML still parses, with defaults) is refused before any weight loads."""
+    from lvmkit.train.config import config_diff, config_from_dict
+
+    try:
+        trained = config_from_dict(ckpt["config"], source=str(run.last))
+    except (KeyError, TypeError, LvmkitError):
+        return  # an older checkpoint without a readable config: the weights' own shapes decide
+    changed = [f for f in config_diff(trained, cfg) if not f.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ArtifactError(
+            f"--resume: {run.config} differs from the config {run.last} was trained with in {', '.join(changed)}: "
+            f"config.yaml was edited or damaged. Restore it (last.pt holds the original under 'config'), or "
+            f"start the run over with `lvmkit train CONFIG --out {run.root} --overwrite`"
+        )
+
+
+def _save_config(cfg, path: Path) -> None:
+    from lvmkit.train.config import save_config
+
+    save_config(cfg, path)
+
+
+def still_training(run: RunPaths) -> str | None:
+    """ "still training (epoch E of N, HOLDER)" while a live process trains the run (its lock is held and
+    status.json says running), else None."""
+    h, state = locking.holder(run.root)
+    if state != "held" or not run.status.exists():
+        return None
+    status = status_dict(run)
+    if status.get("state") != "running":
+        return None
+    where = f"epoch {status.get('epoch', '?')} of {status.get('epochs', '?')}"
+    return f"still training ({where}, {h.describe()})" if h else f"still training ({where})"
+
+
+def holds_run(run: RunPaths) -> bool:
+    return run.status.exists() or run.last.exists()
+
+
+def wrote_checkpoint(run: RunPaths) -> bool:
+    """Whether the run ever wrote last.pt (status.json records the step of every checkpoint; a run of an
+    older lvmkit: best.pt or an epoch row in history.jsonl)."""
+    status = status_dict(run)
+    if status.get("checkpoint_step") is not None or run.best.exists():
+        return True
+    return any(r.get("kind") == "epoch" for r in read_jsonl(run.history))
+
+
+def failed_before_checkpoint(run: RunPaths) -> bool:
+    """A run that failed (or was killed) before its first checkpoint: nothing to keep, safe to restart. Asked
+    only while holding the run's lock, so a "running" state is a process that died."""
+    if run.last.exists() or wrote_checkpoint(run):
+        return False
+    state = status_state(run)
+    return state in (None, "failed", "running")
+
+
+def _trained(run: RunPaths) -> str:
+    status = status_dict(run)
+    return f"up to step {status.get('checkpoint_step') or status.get('step', '?')}"
+
+
+def clear_run(run: RunPaths) -> None:
+    """Remove what a run wrote into its directory (every file but the lock), to start it over."""
+    for p in run.root.iterdir():
+        if p.name == locking.LOCK_FILE:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def truncate_history(run: RunPaths, rows: int) -> None:
+    """Drop history rows written after the checkpoint we resume from (they will be written again)."""
+    kept = read_jsonl(run.history)[:rows]
+    write_text(run.history, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def log(run: RunPaths, line: str) -> None:
+    """Append one human-readable line to train.log."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    with open(run.log, "a", encoding="utf-8") as fh:
+        fh.write(f"{now()} {line}\n")
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -74,7 +258,7 @@ def write_status(run: RunPaths, state: str, **fields: Any) -> dict[str, Any]:
     """Update status.json (fields not given keep their previous values); returns the new status."""
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
-    status = read_status(run) if run.status.exists() else {}
+    status = status_dict(run)  # a damaged one is rewritten from scratch
     status.update(fields)
     status.update(state=state, updated=now())
     write_json(run.status, status)
@@ -86,8 +270,25 @@ def read_status(run: RunPaths) -> dict[str, Any]:
         return read_json(run.status)
     except FileNotFoundError:
         raise ArtifactError(f"{run.root} is not a run directory (no status.json)") from None
-    except ValueError as e:
-        raise ArtifactError(f"{run.status} is not valid JSON: {e}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(
+            f"{run.status} is damaged (not valid JSON: {e}); `lvmkit train --out {run.root} --resume` rewrites it "
+            "(the run's progress is in last.pt)"
+        ) from None
+
+
+def status_dict(run: RunPaths) -> dict[str, Any]:
+    """status.json, or {} when it is missing or damaged (it only mirrors the run's progress: writers replace
+    it, and decisions fall back to the checkpoints)."""
+    try:
+        return read_status(run)
+    except ArtifactError:
+        return {}
+
+
+def status_state(run: RunPaths) -> str | None:
+    """The run's recorded state, or None when status.json is missing or damaged."""
+    return status_dict(run).get("state")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -25,8 +25,9 @@ TRIAGE_FILE = "triage.md"
 
 def is_contrastive(cfg: RunConfig) -> bool:
     """A run whose loss has a contrastive (InfoNCE) term."""
-    keys = set(cfg.loss)
-    return bool(keys & {"infonce", "lambda_con"}) or cfg.task == "twotower"
+    if cfg.task == "twotower":
+        return True
+    return bool(set(cfg.loss) & {"infonce", "lambda_con"})
 
 
 def gate_rules(gates: list[GateConfig], epoch: int) -> list[dict[str, Any]]:
@@ -154,10 +155,9 @@ def fewer_negatives(schedule: Schedule) -> str:
 def twotower_fixes(cfg: RunConfig) -> list[tuple[str, str]]:
     """Ordered (what to try, why) for a two-tower run that collapsed or failed a gate: the curriculum first
     (a narrower window, fewer negatives), then the temperature, then the memory bank."""
-    tt = dict(cfg.twotower or {})
-    schedule = parse_schedule(tt.get("schedule"))
-    tau = float(tt.get("tau", 0.05))
-    memory = int(tt.get("memory", 50_000))
+    tt = cfg.twotower
+    schedule = parse_schedule(tt.schedule)
+    tau, memory = float(tt.tau), int(tt.memory)
     fixes = []
     if schedule.max_count:
         fixes += [

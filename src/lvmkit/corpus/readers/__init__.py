@@ -15,6 +15,8 @@ A directory is read file by file in sorted order of the files' paths relative to
 skipped), and each file front to back, so the order never depends on the file system. Only one file's
 worth of parsing state is in memory at a time (a JSON *document* is loaded whole; JSON Lines stream).
 Problems with the input are counted in ``ReadStats`` (see ``readers/stats.py``), never dropped silently.
+A file that is not text (NUL or control bytes; Parquet excepted) is skipped whole and counted as
+``binary_file``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from lvmkit.corpus.readers import embedded, parquet, records, textdir, wikiextractor, wikitext
 from lvmkit.corpus.readers.embedded import embedded_corpus_path
-from lvmkit.corpus.readers.io import base_suffix, first_nonempty_line
+from lvmkit.corpus.readers.io import base_suffix, binary_reason, first_nonempty_line
 from lvmkit.corpus.readers.stats import Issue, ReadStats
 from lvmkit.corpus.types import Article
 from lvmkit.errors import ConfigError, CorpusError
@@ -103,7 +105,7 @@ def detect_format(path: str | os.PathLike) -> str:
         found = max(votes, key=lambda f: (votes[f], -FORMATS.index(f))) if votes else None
     if found is None:
         raise CorpusError(
-            f"cannot tell the corpus format of {p}; pass format= one of {', '.join(FORMATS)} "
+            f"cannot tell the corpus format of {p}; pass --format with one of {', '.join(FORMATS)} "
             "(auto-detection knows .parquet, .jsonl/.json, .txt, WikiExtractor '<doc' files and "
             "WikiText ' = Title = ' files)"
         )
@@ -162,7 +164,7 @@ def read_corpus(
     unknown format or an undetectable one raise at once, before the first article is read.
     """
     if limit_articles is not None and (isinstance(limit_articles, bool) or limit_articles < 0):
-        raise ConfigError(f"limit_articles must be a non-negative integer or None, got {limit_articles!r}")
+        raise ConfigError(f"--limit-articles must be a non-negative integer, got {limit_articles!r}")
     fmt = _check_format(format)
     if fmt == "auto":
         fmt = detect_format(path)
@@ -178,6 +180,9 @@ def _stream(
     yielded = 0
     for f in files:
         stats.files += 1
+        if fmt != "parquet" and (why := binary_reason(f)):
+            stats.add("binary_file", str(f), None, why)
+            continue
         if fmt == "textdir":
             found = textdir.read_file(f, stats, article_id=f.relative_to(root).as_posix())
         else:

@@ -61,6 +61,31 @@ def iter_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, str]]:
         raise CorpusError(f"{path}: cannot read past line {n}: {e} (a truncated or corrupt file?)") from e
 
 
+SNIFF_BYTES = 8192  # bytes looked at (after decompression) to tell a binary file from text
+_CONTROL = frozenset(range(32)) | {127}
+_NOT_CONTROL = bytes(b for b in range(256) if b not in _CONTROL or b in b"\t\n\r\f\b\x1b")
+
+
+def binary_reason(path: Path) -> str | None:
+    """Why ``path`` looks binary (an executable, an image, UTF-16 text...), or None for text.
+
+    Looks at the first ``SNIFF_BYTES`` bytes, decompressed: binary when more than 1% of them are NUL or more
+    than 10% are other control bytes (UTF-8 text has neither; tabs, newlines and form feeds are text).
+    """
+    try:
+        with open_binary(path) as fh:
+            head = fh.read(SNIFF_BYTES)
+    except (OSError, EOFError, lzma.LZMAError, CorpusError):
+        return None  # unreadable: the reader reports it with the file and position
+    if not head:
+        return None
+    nul = head.count(0)
+    control = len(head.translate(None, _NOT_CONTROL)) - nul  # what is left once text bytes are deleted
+    if nul > len(head) // 100 or control > len(head) // 10:
+        return f"{nul} NUL and {control} other control bytes in its first {len(head)} bytes"
+    return None
+
+
 def first_nonempty_line(path: Path, max_lines: int = 50) -> str | None:
     """The first non-blank line (stripped), looking at most ``max_lines`` lines; None if there is none."""
     try:

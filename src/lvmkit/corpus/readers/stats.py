@@ -13,9 +13,12 @@ Reasons used by the readers:
       text_outside_doc  a non-empty line outside any article (WikiExtractor / WikiText)
       bad_record        a JSON line that does not parse, or a record without text
       markup_only_line  a WikiExtractor body line that was nothing but HTML tags (``</dl>``, ``<br>``)
+      binary_file       a file that is not text (NUL or control bytes: an executable, an image, UTF-16)
     repaired (the content is yielded, changed)
       bad_utf8          a line with invalid UTF-8; the bad bytes became U+FFFD
       html_tags         a WikiExtractor body line with HTML tags; the tags were removed, its text kept
+      long_chunk_split  a chunk longer than the chunker's max_chars was cut at spaces into several chunks
+                        (counted by the chunker when it is given the stats)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("lvmkit.corpus")
 
-REPAIRED = frozenset({"bad_utf8", "html_tags"})
+REPAIRED = frozenset({"bad_utf8", "html_tags", "long_chunk_split"})
 
 
 @dataclass(frozen=True)

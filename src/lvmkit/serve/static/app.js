@@ -33,6 +33,11 @@ async function api(path, body) {
   return data;
 }
 
+function duration(seconds) {
+  const s = Math.round(seconds), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
 // ------------------------------------------------------------------------------------------------ tabs
 const tabs = [...document.querySelectorAll('[role="tab"]')];
 
@@ -196,7 +201,7 @@ function card(s, detail) {
     const b = k.startsWith("val_") && base != null ? ` <span class="muted">(copy_last ${fmt(base)})</span>` : "";
     return `<div><dt>${esc(k)}</dt><dd>${fmt(latest[k])}${b}</dd></div>`;
   }).join("");
-  const eta = s.eta_s != null ? `<div><dt>ETA</dt><dd>${Math.round(s.eta_s)} s</dd></div>` : "";
+  const eta = s.eta_s != null ? `<div><dt>ETA (training)</dt><dd>${duration(s.eta_s)}</dd></div>` : "";
   const report = s.has_report
     ? `<a class="report" href="/v1/runs/${encodeURIComponent(s.name)}/report" target="_blank" rel="noopener">HTML report</a>` : "";
   return `<article class="card" data-run="${esc(s.name)}" aria-labelledby="run-${esc(s.name)}">` +

@@ -35,279 +35,45 @@ shared with LVM runs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
-from lvmkit.artifacts import append_jsonl, write_json, write_text
+from lvmkit.artifacts import append_jsonl
 from lvmkit.bank.bank import VectorBank
-from lvmkit.bank.index import SearchIndex, exact_index
-from lvmkit.data.pairs import PairSet, make_pairs
 from lvmkit.data.splits import Split
-from lvmkit.data.windows import WindowBatch, WindowSet
-from lvmkit.errors import ConfigError
-from lvmkit.eval.bootstrap import paired_diff_ci
-from lvmkit.eval.evaluator import Comparison, EvalResult, evaluate, separation_on_bank
+from lvmkit.data.windows import WindowSet
+from lvmkit.eval.evaluator import EvalResult
 from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import VectorQueue
 from lvmkit.models import build_model, describe
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.tasks.lvm import SamplerEpochs, open_bank_and_split, train_sampler
+from lvmkit.tasks.base import SamplerEpochs, final_evaluation, open_bank_and_split, train_sampler
+from lvmkit.tasks.twotower.config import HEURISTICS, AbortConfig, TwoTowerConfig, TwoTowerRunConfig
+from lvmkit.tasks.twotower.docbank import DocBank, doc_bank, raw_doc_bank
+from lvmkit.tasks.twotower.evaluate import TwoTowerModel, evaluate_retrieval, heuristic_models
+from lvmkit.tasks.twotower.loss import PairBatch, twotower_logits, twotower_loss
+from lvmkit.tasks.twotower.mining import mine_epoch
+from lvmkit.tasks.twotower.spec import TWOTOWER_SPEC
 from lvmkit.train import distributed as D
-from lvmkit.train.checkpoint import bank_stamp, save_checkpoint
-from lvmkit.train.config import RunConfig
+from lvmkit.train.checkpoint import bank_stamp, checkpoint_state, save_checkpoint
 from lvmkit.train.gradcache import cached_forward, split_batch
-from lvmkit.train.mining import (
-    NegativeStore,
-    Schedule,
-    format_mining_stats,
-    mine_negatives,
-    parse_schedule,
-    resolve_stage,
-)
-from lvmkit.train.runs import RunPaths
+from lvmkit.train.mining import NegativeStore, Schedule, format_mining_stats, parse_schedule
+from lvmkit.train.runs import RunPaths, log
 
-HEURISTICS = ("exp_weighted", "copy_last")
 ABORT_FILE = "abort.pt"
 MINING_LOG = "mining.jsonl"
 
 
-# ------------------------------------------------------------------------------------------ config
-class AbortConfig(BaseModel):
-    """Stop when ``metric`` (a key of the task's evaluation, e.g. ``sep_margin``) is below ``below`` at
-    ``consecutive`` consecutive evaluations, counting only epochs after ``after_epoch``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "sep_margin"
-    below: float = 0.04
-    after_epoch: int = Field(10, ge=0)
-    consecutive: int = Field(2, ge=1)
-
-
-class TwoTowerConfig(BaseModel):
-    """The ``twotower:`` section of a run config (the query tower itself is ``model:``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pairs: Path | None = Field(
-        None, description="train pairs from `lvmkit pairs`; None = made from the split"
-    )
-    pair_stride: int = Field(32, ge=1, description="stride between targets when the task makes the pairs")
-    pairs_per_article: int | None = Field(30, ge=1, description="cap on pairs per article (None = no cap)")
-    target_pairs: int | None = Field(None, ge=1, description="aim for this many train pairs")
-    eval_stride: int = Field(32, ge=1, description="stride of the val / test pairs")
-    doc_tower: Literal["identity", "adapter"] = "identity"
-    doc_kwargs: dict[str, Any] = Field(default_factory=dict, description="adapter options: hidden, dropout")
-    tau: float = Field(0.05, gt=0, description="InfoNCE temperature")
-    memory: int = Field(50_000, ge=0, description="memory-bank entries (recent document vectors); 0 = off")
-    false_negative_cos: float = Field(
-        0.98, gt=0, le=1, description="mask candidates this close to the positive"
-    )
-    margin: float | None = Field(None, ge=0, description="m of relu(m - (s_pos - max s_neg)); None = no term")
-    margin_weight: float = Field(1.0, ge=0)
-    schedule: str = Field("none", description="hard-negative curriculum, e.g. 0-5:none;6-30:8@0.82-0.92")
-    candidate_factor: int = Field(
-        4,
-        ge=1,
-        description="mining looks at factor x count candidates per pair (raised for percentile windows)",
-    )
-    mining_batch: int = Field(512, ge=1, description="queries encoded at once when mining")
-    gradcache_chunk: int | None = Field(None, ge=1, description="query sub-batch for GradCache; None = off")
-    eval_ks: tuple[int, ...] = (10, 100, 500, 1000)
-    compare_on: str = Field("recall@500", description="metric of the final paired comparison")
-    sep_neighbours: int = Field(16, ge=1, description="bank neighbours in the separation margin")
-    heuristic_alpha: float = Field(0.1, gt=0, le=1, description="alpha of the exp_weighted heuristic")
-    abort: AbortConfig | None = Field(default_factory=AbortConfig)
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str) -> str:
-        try:
-            return str(parse_schedule(v))
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("eval_ks")
-    @classmethod
-    def _ks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or min(v) < 1:
-            raise ValueError(f"eval_ks must be positive integers, got {v}")
-        return tuple(sorted(set(v)))
-
-
-def parse_twotower(raw: dict[str, Any] | None) -> TwoTowerConfig:
-    """Validate the ``twotower:`` section; errors name ``twotower.<field>`` and what is allowed."""
-    try:
-        return TwoTowerConfig.model_validate(raw or {})
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            where = ".".join(["twotower", *(str(p) for p in err["loc"])])
-            if err["type"] == "extra_forbidden":
-                section = AbortConfig if "abort" in err["loc"][:-1] else TwoTowerConfig
-                lines.append(f"  - {where}: unknown field; allowed: {', '.join(section.model_fields)}")
-            else:
-                got = err.get("input")
-                shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-                lines.append(f"  - {where}: {err['msg']}{shown}")
-        raise ConfigError("the twotower section is invalid:\n" + "\n".join(lines)) from None
-
-
-def metric_names(tt: TwoTowerConfig) -> list[str]:
-    """What ``TwoTowerTask.evaluate`` measures (the loop prefixes ``val_``)."""
-    own = [f"recall@{k}" for k in tt.eval_ks] + ["mrr@10", "sep_margin", "cos"]
-    return own + [f"{h}_{m}" for h in HEURISTICS for m in own]
-
-
-# ------------------------------------------------------------------------------------ document space
-class DocBank:
-    """A bank seen through the document tower: the same rows, chunk ids and articles, other vectors, and an
-    exact index over them. It stands in for a ``VectorBank`` wherever the evaluator or the miner searches
-    (attributes it does not define come from the underlying bank)."""
-
-    def __init__(self, bank: VectorBank, vectors: np.ndarray, index: SearchIndex):
-        self._bank = bank
-        self.vectors = vectors
-        self._index = index
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._bank, name)
-
-    def __len__(self) -> int:
-        return len(self._bank)
-
-    def index(self) -> SearchIndex:
-        return self._index
-
-    def search(self, queries: np.ndarray, k: int, exclude=None, nprobe: int | None = None):
-        return self._index.search(queries, k, exclude=exclude, nprobe=nprobe)
-
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
-
-
-@torch.no_grad()
-def encode_bank(bank: VectorBank, tower: nn.Module, device: torch.device, block: int = 16_384) -> np.ndarray:
-    """Every bank vector through the document tower (eval mode), float32 [N, d] in memory."""
-    was = tower.training
-    tower.eval()
-    out = np.empty((len(bank), bank.dim), dtype=np.float32)
-    for s in range(0, len(bank), block):
-        x = torch.from_numpy(bank.get(np.arange(s, min(len(bank), s + block)))).to(device)
-        out[s : s + len(x)] = tower(x).float().cpu().numpy()
-    tower.train(was)
-    return out
-
-
-def raw_doc_bank(bank: VectorBank) -> DocBank:
-    """The bank itself with an exact index (its stored one when that is already exact)."""
-    si = bank.index()
-    if si.params.get("type") != "flat":
-        si = exact_index(bank.vectors)
-    return DocBank(bank, bank.vectors, si)
-
-
-# ------------------------------------------------------------------------------------------ the loss
-@dataclass
-class PairBatch:
-    """One training batch: the windows, their pair ids, and each pair's mined negatives."""
-
-    windows: WindowBatch
-    pair_ids: Tensor  # int64 [B]
-    negatives: Tensor  # float32 [B, M, d] raw bank vectors (zeros where neg_ids == -1)
-    neg_ids: Tensor  # int64 [B, M], -1 = none
-    neg_article: Tensor  # int64 [B, M], -1 = none
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-
-def twotower_logits(
-    q: Tensor,
-    pos: Tensor,
-    article: Tensor,
-    tau: float,
-    fn_cos: float = 0.98,
-    shared: Tensor | None = None,
-    shared_article: Tensor | None = None,
-    mined: Tensor | None = None,
-    mined_article: Tensor | None = None,
-    mined_valid: Tensor | None = None,
-) -> Tensor:
-    """Logits [B, B + S + M] of each query against [batch documents | shared negatives | its own mined ones].
-
-    q, pos [B, d] unit vectors (query i's positive is ``pos[i]``, at column i); ``shared`` [S, d] negatives
-    every query sees (other ranks' documents, the memory bank); ``mined`` [B, M, d] per-query negatives.
-    Entry (i, j) is cos(q_i, c_j) / tau, or -inf for a false negative: j != i and (c_j is from article[i], or
-    cos(pos_i, c_j) > fn_cos), or a mined slot that is not valid. Same rule as ``lvmkit.losses.info_nce``.
-    """
-    B = q.shape[0]
-    cands, cand_art = [pos], [article]
-    if shared is not None and len(shared):
-        cands.append(shared.to(pos.dtype))
-        cand_art.append(shared_article.to(article.device))
-    c = torch.cat(cands)
-    ca = torch.cat(cand_art)
-    logits = q @ c.T / tau
-    with torch.no_grad():
-        bad = ((pos @ c.T) > fn_cos) | ((article[:, None] == ca[None, :]) & (article[:, None] >= 0))
-        eye = torch.arange(B, device=q.device)
-        bad[eye, eye] = False
-    logits = logits.masked_fill(bad, float("-inf"))
-    if mined is None or mined.shape[1] == 0:
-        return logits
-    m_logits = torch.einsum("bd,bmd->bm", q, mined.to(q.dtype)) / tau
-    with torch.no_grad():
-        m_bad = ~mined_valid.bool()
-        m_bad |= torch.einsum("bd,bmd->bm", pos, mined.to(pos.dtype)) > fn_cos
-        m_bad |= (mined_article == article[:, None]) & (article[:, None] >= 0)
-    return torch.cat([logits, m_logits.masked_fill(m_bad, float("-inf"))], dim=1)
-
-
-def twotower_loss(
-    logits: Tensor, tau: float, margin: float | None = None, margin_weight: float = 1.0
-) -> tuple[Tensor, dict[str, float]]:
-    """InfoNCE over ``twotower_logits`` (label i for row i) plus the optional margin term on cosines."""
-    B = logits.shape[0]
-    labels = torch.arange(B, device=logits.device)
-    nce = F.cross_entropy(logits, labels)
-    s = logits * tau
-    s_pos = s[labels, labels]
-    neg = s.clone()
-    neg[labels, labels] = float("-inf")
-    s_neg = neg.max(dim=1).values  # -inf for a row without any negative
-    has_neg = torch.isfinite(s_neg)
-    total = nce
-    parts = {"infonce": float(nce.detach())}
-    if margin is not None:
-        gap = s_pos - torch.where(has_neg, s_neg, s_pos - margin)  # rows without negatives: no penalty
-        m = F.relu(margin - gap).mean()
-        total = total + margin_weight * m
-        parts["margin"] = float(m.detach())
-    with torch.no_grad():
-        parts["pos_cos"] = float(s_pos.mean())
-        parts["hardest_neg_cos"] = float(s_neg[has_neg].mean()) if bool(has_neg.any()) else float("nan")
-        parts["negatives"] = float(torch.isfinite(neg).sum(dim=1).float().mean())
-        parts["acc"] = float((logits.argmax(dim=1) == labels).float().mean())
-    return total, parts
-
-
-# ------------------------------------------------------------------------------------------ the task
 class TwoTowerTask(SamplerEpochs):
     """Two-tower retrieval on one bank. Build it with ``TwoTowerTask.from_config``."""
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: TwoTowerRunConfig,
         tt: TwoTowerConfig,
         bank: VectorBank,
         split: Split,
@@ -335,77 +101,26 @@ class TwoTowerTask(SamplerEpochs):
     # --------------------------------------------------------------------------------- construction
     @classmethod
     def from_config(
-        cls, cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool = False
+        cls,
+        cfg: TwoTowerRunConfig,
+        run: RunPaths,
+        dist: D.DistInfo,
+        rng: np.random.Generator,
+        resume: bool = False,
     ) -> TwoTowerTask:
         """Open the bank, make (or reload) the split, the train / val / test pairs and both towers."""
-        tt = parse_twotower(cfg.twotower)
-        if cfg.loss != RunConfig.model_fields["loss"].default_factory():
-            raise ConfigError(
-                f"loss={cfg.loss} is not used by two-tower runs: their loss is set in the twotower section "
-                "(tau, memory, false_negative_cos, margin); remove the loss section"
-            )
+        tt = cfg.twotower
         schedule = parse_schedule(tt.schedule)
-        schedule.check_epochs(cfg.optim.epochs)
-        known = [f"val_{m}" for m in metric_names(tt)]
-        if cfg.early_stopping.metric not in known:
-            raise ConfigError(
-                f"early_stopping.metric={cfg.early_stopping.metric!r} is not measured by two-tower runs; "
-                f"choose one of: {', '.join(known[: len(tt.eval_ks) + 3])} (e.g. val_recall@500)"
-            )
-        if tt.compare_on not in metric_names(tt):
-            raise ConfigError(
-                f"twotower.compare_on={tt.compare_on!r}; allowed: {', '.join(metric_names(tt)[:6])}"
-            )
         bank, split = open_bank_and_split(cfg, run, dist, resume)
         d = cfg.data
-
-        def pairs(name: str) -> PairSet:
-            if name == "train" and tt.pairs is not None:
-                ps = PairSet.load(tt.pairs, bank, split)
-                a = ps.manifest["arguments"]
-                if a["ctx"] != d.ctx or a["split_name"] != "train":
-                    raise ConfigError(
-                        f"twotower.pairs={tt.pairs} holds {a['split_name']} pairs with ctx={a['ctx']}; this run "
-                        f"needs train pairs with data.ctx={d.ctx} (remake them with `lvmkit pairs --ctx {d.ctx}`)"
-                    )
-            else:
-                ps = make_pairs(
-                    bank,
-                    split,
-                    ctx=d.ctx,
-                    stride=tt.pair_stride if name == "train" else tt.eval_stride,
-                    max_per_article=tt.pairs_per_article,
-                    target_pairs=tt.target_pairs if name == "train" else None,
-                    min_ctx=d.min_ctx,
-                    seed=cfg.seed,
-                    split_name=name,
-                )
-            if len(ps) == 0:
-                raise ConfigError(
-                    f"the {name} split of bank {bank.path} gives no pairs with ctx={d.ctx} (min_ctx={d.min_ctx}): "
-                    "its articles are too short or too few. Lower data.ctx, set data.min_ctx, or use a larger bank"
-                )
-            return ps
-
-        train_pairs = pairs("train")
-        train_all = train_pairs.windows()
-        idx = train_all.sample_index(d.max_train_windows, cfg.seed)
-        train = train_all.subset(idx)
-        pair_ids = train_pairs.table.column("pair_id").to_numpy()[idx]
-        val = pairs("val").windows().sample(d.max_eval_queries, cfg.seed + 1)
-        test = pairs("test").windows().sample(d.max_test_queries, cfg.seed + 2)
+        sets = TWOTOWER_SPEC.query_sets(cfg, bank, split)
+        train, pair_ids = sets.train, sets.ids("train")
+        val, test = sets.val, sets.test
         query = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
         tune_anchor(query, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
-        if not getattr(query, "trainable", True):
-            raise ConfigError(
-                f"model.name={cfg.model.name!r} is a baseline with nothing to train; two-tower runs report "
-                f"{' and '.join(HEURISTICS)} beside the trained tower anyway"
-            )
-        doc = build_doc_tower(tt.doc_tower, bank.dim, **tt.doc_kwargs)
+        doc = build_doc_tower(tt.doc_tower, bank.dim, **tt.doc_options())
         task = cls(cfg, tt, bank, split, train, pair_ids, val, test, query, doc, dist, run)
         if dist.is_main:
-            from lvmkit.train.loop import log
-
             log(run, f"two-tower on bank {bank.path} ({len(bank)} chunks, {bank.manifest.bank_id}); pairs train "
                      f"{len(train)}, val {len(val)}, test {len(test)} (ctx {d.ctx}); query tower {describe(query)}; "
                      f"document tower {tt.doc_tower}")  # fmt: skip
@@ -498,13 +213,13 @@ class TwoTowerTask(SamplerEpochs):
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """The tower's retrieval metrics on the fixed val (or test) pairs, the heuristics' beside them."""
         windows = {"val": self.val, "test": self.test}[split]
-        out = self.retrieval(self.query, windows, self.doc_bank(), n_boot=0, name=self.cfg.model.name).metrics
-        out = {m: out[m] for m in metric_names(self.tt)[: len(self.tt.eval_ks) + 3]}
+        res = self.retrieval(self.query, windows, self.doc_bank(), n_boot=0, name=self.cfg.model.name)
+        out = {m: res.metrics[m] for m in self.tt.own_metrics()}
         if split == "val" and self._heuristics is None:
             self._heuristics = {}
-            for h, model in self.heuristic_models().items():
-                res = self.retrieval(model, windows, self.raw_bank(), n_boot=0, name=h).metrics
-                self._heuristics.update({f"{h}_{k}": res[k] for k in out})
+            for h, model in heuristic_models(self.tt, self.bank.dim, HEURISTICS).items():
+                res = self.retrieval(model.to(self.dist.device), windows, self.raw_bank(), n_boot=0, name=h)
+                self._heuristics.update({f"{h}_{k}": res.metrics[k] for k in out})
         return {**out, **(self._heuristics if split == "val" else {})}
 
     def should_stop(self, epoch: int, metrics: dict[str, Any]) -> str | None:
@@ -513,13 +228,7 @@ class TwoTowerTask(SamplerEpochs):
         rule = self.tt.abort
         if rule is None:
             return None
-        key = f"val_{rule.metric}"
-        if key not in metrics:
-            raise ConfigError(
-                f"twotower.abort.metric={rule.metric!r} is not measured; choose one of: "
-                + ", ".join(metric_names(self.tt)[: len(self.tt.eval_ks) + 3])
-            )
-        self.evals.append((int(epoch), float(metrics[key])))
+        self.evals.append((int(epoch), float(metrics[f"val_{rule.metric}"])))
         if not abort_due(self.evals, rule):
             return None
         recent = self.evals[-rule.consecutive :]
@@ -530,51 +239,20 @@ class TwoTowerTask(SamplerEpochs):
         if self.run is not None:
             from lvmkit.train.triage import write_abort_triage
 
-            save_checkpoint(
-                self.run.root / ABORT_FILE,
-                {
-                    "modules": {n: m.state_dict() for n, m in self.modules().items()},
-                    **self.provenance(),
-                    "progress": {"epoch": int(epoch), "aborted": True},
-                    "config": self.cfg.model_dump(mode="json"),
-                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                },
-            )
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            progress = {"epoch": int(epoch), "aborted": True}
+            state = checkpoint_state(self.modules(), self, self.cfg, progress, metrics=numbers)
+            save_checkpoint(self.run.root / ABORT_FILE, state)
             write_abort_triage(self.run.root, self.cfg, epoch, reason, self.evals, rule.metric)
         return reason
 
     def final_eval(self, run: RunPaths) -> dict[str, Any]:
-        """The test pairs: the tower beside the heuristics with intervals -> metrics.json / metrics.md."""
-        name = self.cfg.model.name
-        results = {name: self.retrieval(self.query, self.test, self.doc_bank(), n_boot=1000, name=name)}
-        for h, model in self.heuristic_models(with_mean=True).items():
-            results[h] = self.retrieval(model, self.test, self.raw_bank(), n_boot=1000, name=h)
-        cmp = compare_to_best(results, [name], self.tt.compare_on, seed=self.cfg.seed)[0]
-        info = {
-            "split": "test",
-            "n_queries": len(self.test),
-            "test_pairs_capped_at": self.cfg.data.max_test_queries,
-            "bank": str(self.bank.path),
-            "bank_id": self.bank.manifest.bank_id,
-            "model": describe(self.query),
-            "doc_tower": self.tt.doc_tower,
-        }
-        write_json(
-            run.metrics_json,
-            {**info, "results": {k: r.to_dict() for k, r in results.items()}, "comparisons": [cmp.to_dict()]},
-        )
-        head = (
-            f"# {name} two-tower: test split\n\n{info['model']}; document tower {self.tt.doc_tower}.\n\n"
-            f"{len(self.test)} test pairs (ctx {self.cfg.data.ctx}), best checkpoint (epoch chosen by "
-            f"{self.cfg.early_stopping.metric} on val).\n\n"
-        )
-        write_text(run.metrics_md, head + retrieval_table(results, self.tt.eval_ks, [cmp]) + "\n")
-        return {
-            f"test_{cmp.metric}": results[name].metrics[cmp.metric],
-            "best_baseline": cmp.baseline,
-            f"best_baseline_{cmp.metric}": results[cmp.baseline].metrics[cmp.metric],
-            "verdict": cmp.verdict,
-        }
+        """The test pairs: the tower beside the heuristics with intervals -> metrics.json / metrics.md (the
+        spec's ``evaluate_suite``, which ``lvmkit eval RUN`` calls on the same pairs)."""
+        model = TwoTowerModel(self.query, self.doc)
+        extra = {"model": describe(self.query), "doc_tower": self.tt.doc_tower}
+        title = f"{self.cfg.model.name} two-tower"
+        return final_evaluation(TWOTOWER_SPEC, self.cfg, run, model, self.test, self.bank, {}, title, extra)
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -631,17 +309,7 @@ class TwoTowerTask(SamplerEpochs):
         a temporary exact index (rebuilt on every call: the adapter changes as it trains)."""
         if self.tt.doc_tower == "identity":
             return self.raw_bank()
-        vectors = encode_bank(self.bank, self.doc, self.dist.device)
-        return DocBank(self.bank, vectors, exact_index(vectors))
-
-    def heuristic_models(self, with_mean: bool = False) -> dict[str, nn.Module]:
-        models = {
-            "exp_weighted": build_model("exp_weighted", self.bank.dim, alpha=self.tt.heuristic_alpha),
-            "copy_last": build_model("copy_last", self.bank.dim),
-        }
-        if with_mean:
-            models["mean_ctx"] = build_model("mean_ctx", self.bank.dim)
-        return {k: m.to(self.dist.device) for k, m in models.items()}
+        return doc_bank(self.bank, self.doc, self.dist.device)
 
     def retrieval(
         self, model: nn.Module, windows: WindowSet, docs: DocBank, n_boot: int, name: str
@@ -657,75 +325,24 @@ class TwoTowerTask(SamplerEpochs):
             name=name,
         )
 
-    @torch.no_grad()
     def mine(self, epoch: int) -> NegativeStore:
-        """Re-encode every train query with the current tower and mine this epoch's negatives. Under DDP each
-        rank mines a share of the pairs and the shares are exchanged, so every rank holds the whole store."""
-        stage = self.schedule.at(epoch)
-        rank, world = self.dist.rank, self.dist.world_size
-        mine_idx = np.arange(rank, len(self.train), world)
-        queries = encode_windows(self.query, self.train, mine_idx, self.tt.mining_batch, self.dist.device)
+        """Re-encode every train query with the current tower and mine this epoch's negatives."""
         docs = self.doc_bank() if self.tt.doc_tower == "adapter" else self.bank
-        rule_args = (
-            self.train.targets[mine_idx],
-            self.bank.article_codes,
-            lambda q, k: docs.search(q, k),
-            docs.get,
-        )
-        # a percentile window (8@p90-p99) becomes cosines of this epoch's query-neighbour distribution
-        stage, resolved = resolve_stage(
-            stage,
-            queries,
-            *rule_args,
-            self.tt.candidate_factor,
-            self.tt.false_negative_cos,
-            self.cfg.seed + epoch,
-        )
-        ids, stats = mine_negatives(
-            queries,
-            self.train_pair_ids[mine_idx],
-            *rule_args,
-            stage.count,
-            stage.lo,
-            stage.hi,
+        return mine_epoch(
+            self.query,
+            self.train,
+            self.train_pair_ids,
+            docs,
+            self.schedule.at(epoch),
+            epoch,
             near_dup=self.tt.false_negative_cos,
-            candidate_factor=resolved.pop("candidate_factor"),
+            candidate_factor=self.tt.candidate_factor,
+            batch_size=self.tt.mining_batch,
+            dist=self.dist,
         )
-        stats.update(resolved)
-        pair_ids = self.train_pair_ids[mine_idx]
-        if world > 1:
-            shares: list[Any] = [None] * world
-            torch.distributed.all_gather_object(shares, (pair_ids, ids, stats))
-            pair_ids = np.concatenate([s[0] for s in shares])
-            ids = np.concatenate([s[1] for s in shares])
-            stats = merge_mining_stats([s[2] for s in shares])
-        order = np.argsort(pair_ids, kind="stable")
-        return NegativeStore(pair_ids[order], ids[order], epoch=epoch, stats=stats)
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-def load_query_tower(ckpt: dict[str, Any], path: str | Path = "the checkpoint") -> tuple[str, nn.Module]:
-    """The query tower of a two-tower checkpoint, in eval mode, as ``(name, model)`` (for ``lvmkit eval`` and
-    ``lvmkit diagnose model``, which search the bank as stored).
-
-    Only a run whose document tower is ``identity`` can be scored that way: with an ``adapter`` the bank must
-    first go through the adapter (``TwoTowerTask.doc_bank``), so such a run is refused with a ConfigError."""
-    doc = (ckpt.get("doc_tower") or {}).get("name", "identity")
-    if doc != "identity":
-        raise ConfigError(
-            f"{path} is a two-tower run with document tower {doc!r}: its queries only make sense against the "
-            "bank re-encoded through that tower. Its test numbers are in the run's metrics.json (computed that "
-            "way); to score it elsewhere use lvmkit.tasks.twotower.task.evaluate_retrieval with "
-            "TwoTowerTask.doc_bank()"
-        )
-    if "model" not in ckpt.get("modules", {}):
-        raise ConfigError(f"{path} holds no query tower (no module named 'model')")
-    model = build_model(**ckpt["model"])
-    model.load_state_dict(ckpt["modules"]["model"])
-    return str(ckpt["model"].get("name", "query_tower")), model.eval()
-
-
-# ------------------------------------------------------------------------------------------ pure helpers
+# ------------------------------------------------------------------------------------------ abort rule
 def abort_due(evals: list[tuple[int, float]], rule: AbortConfig) -> bool:
     """True when the last ``rule.consecutive`` evaluations all come after ``rule.after_epoch`` and all have
     the metric below ``rule.below`` (a NaN counts as below: a broken metric is no reason to go on)."""
@@ -733,128 +350,3 @@ def abort_due(evals: list[tuple[int, float]], rule: AbortConfig) -> bool:
         return False
     recent = evals[-rule.consecutive :]
     return all(e > rule.after_epoch and not (v >= rule.below) for e, v in recent)
-
-
-def merge_mining_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mining stats of several shares as one: counts add up, the kept cosine is re-averaged."""
-    out = dict(parts[0])
-    for key in (
-        "pairs",
-        "candidates",
-        "kept",
-        "padded",
-        "missing",
-        *[k for k in out if k.startswith("dropped_")],
-    ):
-        out[key] = sum(p[key] for p in parts)
-    total = sum(p["kept"] * p["mean_cos_kept"] for p in parts if p["kept"])
-    out["mean_cos_kept"] = total / out["kept"] if out["kept"] else float("nan")
-    return out
-
-
-@torch.no_grad()
-def encode_windows(
-    model: nn.Module, windows: WindowSet, idx: np.ndarray, batch_size: int, device: torch.device
-) -> np.ndarray:
-    """float32 [len(idx), d] outputs of ``model`` (eval mode) on windows ``idx``."""
-    was = model.training
-    model.eval()
-    out = np.empty((len(idx), windows.bank.dim), dtype=np.float32)
-    for s in range(0, len(idx), batch_size):
-        b = windows.batch(idx[s : s + batch_size], device=device)
-        out[s : s + len(b)] = model(b.ctx, b.mask).float().cpu().numpy()
-    model.train(was)
-    return out
-
-
-def evaluate_retrieval(
-    model: nn.Module,
-    windows: WindowSet,
-    docs: DocBank | VectorBank,
-    ks: tuple[int, ...] = (10, 100, 500, 1000),
-    n_neighbours: int = 16,
-    n_boot: int = 1000,
-    seed: int = 0,
-    name: str = "model",
-) -> EvalResult:
-    """``lvmkit.eval.evaluate`` over the document bank, plus the two-tower names: ``recall@k`` (= hit@k:
-    one true chunk per query, context excluded) and ``sep_margin`` (``separation_on_bank``, with its own
-    bootstrap interval)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    queries: list[np.ndarray] = []
-    was = model.training
-    model.eval()
-
-    def predict(batch: WindowBatch) -> np.ndarray:
-        with torch.no_grad():
-            q = model(batch.ctx.to(device), batch.mask.to(device)).float().cpu().numpy()
-        queries.append(q)
-        return q
-
-    try:
-        res = evaluate(predict, windows, docs, ks=ks, labels=False, n_boot=n_boot, seed=seed, name=name)
-    finally:
-        model.train(was)
-    sep = separation_on_bank(np.concatenate(queries), windows.targets, docs, n_neighbours)
-    res.per_query["sep_margin"] = sep
-    res.metrics["sep_margin"] = float(np.nanmean(sep))
-    for k in ks:
-        res.per_query[f"recall@{k}"] = res.per_query[f"hit@{k}"]
-        res.metrics[f"recall@{k}"] = res.metrics[f"hit@{k}"]
-        if f"hit@{k}" in res.intervals:
-            res.intervals[f"recall@{k}"] = res.intervals[f"hit@{k}"]
-    if n_boot > 0:
-        from lvmkit.eval.bootstrap import bootstrap_ci
-
-        res.intervals["sep_margin"] = bootstrap_ci(sep, n_boot=n_boot, seed=seed)[1:]
-    return res
-
-
-def compare_to_best(
-    results: dict[str, EvalResult], models: list[str], metric: str, seed: int = 0, n_boot: int = 1000
-) -> list[Comparison]:
-    """Each model against the best heuristic in ``results`` on ``metric`` (ties: the better MRR@10), by a
-    paired bootstrap over queries."""
-    heuristics = [h for h in results if h not in models]
-    best = max(heuristics, key=lambda h: (results[h].metrics[metric], results[h].metrics.get("mrr@10", 0.0)))
-    out = []
-    for name in models:
-        d, lo, hi = paired_diff_ci(
-            results[name].per_query[metric], results[best].per_query[metric], n_boot=n_boot, seed=seed
-        )
-        out.append(Comparison(name, best, metric, d, lo, hi))
-    return out
-
-
-def retrieval_table(
-    results: dict[str, EvalResult], ks: tuple[int, ...], comparisons: list[Comparison] | None = None
-) -> str:
-    """Markdown: Recall@k (%, 95% interval), MRR@10 and separation margin per system, then comparisons."""
-    cols = [f"recall@{k}" for k in ks] + ["mrr@10", "sep_margin"]
-    lines = ["| system | " + " | ".join(cols) + " | n |", "|---|" + "---:|" * (len(cols) + 1)]
-    for name, r in results.items():
-        cells = []
-        for c in cols:
-            v = r.metrics.get(c, float("nan"))
-            scale, fmt = (100, "{:.1f}") if c.startswith("recall@") else (1, "{:.3f}")
-            cell = "nan" if not math.isfinite(v) else fmt.format(v * scale)
-            if c in r.intervals and math.isfinite(r.intervals[c][0]):
-                lo, hi = r.intervals[c]
-                cell += f" ({fmt.format(lo * scale)}-{fmt.format(hi * scale)})"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.info['n_queries']} |")
-    first = next(iter(results.values())).info
-    lines += [
-        "",
-        f"Exact search over all {first['bank_size']} chunks of bank {first['bank_id']}, each query's own context "
-        "excluded; recall in %, 95% bootstrap intervals over queries; separation margin = cos(q, next chunk) "
-        "minus the mean cos(q, top-16 other chunks).",
-    ]
-    for c in comparisons or []:
-        scale = 100 if c.metric.startswith("recall@") else 1
-        unit = " points" if scale == 100 else ""
-        lines.append(
-            f"- {c.model} vs best heuristic {c.baseline} on {c.metric}: {scale * c.diff:+.2f}{unit} "
-            f"(paired 95% CI {scale * c.lo:+.2f} to {scale * c.hi:+.2f}): {c.verdict}"
-        )
-    return "\n".join(lines)

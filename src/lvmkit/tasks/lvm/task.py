@@ -24,60 +24,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from lvmkit.artifacts import write_json, write_text
 from lvmkit.bank.bank import VectorBank
-from lvmkit.data.samplers import ArticleCappedBatchSampler
-from lvmkit.data.splits import Split, make_split
-from lvmkit.data.windows import WindowBatch, WindowSet, make_windows
-from lvmkit.errors import ArtifactError, ConfigError
-from lvmkit.eval.evaluator import evaluate, evaluate_suite, format_table
+from lvmkit.data.splits import Split
+from lvmkit.data.windows import WindowBatch, WindowSet
+from lvmkit.errors import ArtifactError
+from lvmkit.eval.evaluator import evaluate
 from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
+from lvmkit.models.experts import balance_term
+from lvmkit.tasks.base import SamplerEpochs, final_evaluation, open_bank_and_split, train_sampler
+from lvmkit.tasks.lvm.config import LVMRunConfig
+from lvmkit.tasks.lvm.spec import LVM_SPEC
 from lvmkit.train import distributed as D
 from lvmkit.train.checkpoint import bank_stamp
-from lvmkit.train.config import RunConfig
-from lvmkit.train.runs import RunPaths
-
-
-def open_bank_and_split(
-    cfg: RunConfig, run: RunPaths, dist: D.DistInfo, resume: bool = False
-) -> tuple[VectorBank, Split]:
-    """The run's bank and its split: on resume the run's split.json, else ``make_split`` from
-    ``cfg.split`` (saved to the run by rank 0). Shared by every task."""
-    bank = VectorBank.open(cfg.bank)
-    if resume and run.split.exists():
-        return bank, Split.load(run.split, bank)
-    split = make_split(bank, ratios=cfg.split.ratios, seed=cfg.split.seed)
-    if dist.is_main:
-        split.save(run.split)
-    return bank, split
-
-
-def train_sampler(train: WindowSet, cfg: RunConfig, dist: D.DistInfo) -> ArticleCappedBatchSampler:
-    """This rank's batches of the training windows (``data.batch_size``, ``data.max_per_article``, seed)."""
-    return ArticleCappedBatchSampler(
-        train.article_of_all(),
-        batch_size=cfg.data.batch_size,
-        max_per_article=cfg.data.max_per_article,
-        seed=cfg.seed,
-        drop_last=False,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
-
-
-class SamplerEpochs:
-    """The loop's epoch-size queries, answered from ``self.sampler`` (shared by the LVM and two-tower tasks)."""
-
-    sampler: ArticleCappedBatchSampler
-
-    def num_batches(self, epoch: int) -> int:
-        self.sampler.set_epoch(epoch)
-        return len(self.sampler)
-
-    def windows_per_epoch(self) -> int:
-        return int(self.sampler.stats["windows_all_ranks"])
+from lvmkit.train.runs import RunPaths, log
 
 
 class LVMStep(nn.Module):
@@ -95,6 +56,13 @@ class LVMStep(nn.Module):
     ):
         """``rows``: the in-article negatives (``row_negatives``, ``row_valid``) when the loss uses them."""
         pred = self.model(ctx, mask)
+        total, parts = self._loss(pred, target, article, rows)
+        balance = balance_term(self.model)  # lane experts' load-balance term (lvmkit.models.experts)
+        if balance is not None:
+            total, parts = total + balance, {**parts, "balance": balance.detach()}
+        return total, parts
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, article: torch.Tensor, rows: dict):
         if self.takes_negatives:
             gathered = D.gather_negatives(target, article)  # None unless running under DDP
             if gathered is not None:
@@ -110,7 +78,7 @@ class LVMTask(SamplerEpochs):
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: LVMRunConfig,
         bank: VectorBank,
         split: Split,
         train: WindowSet,
@@ -132,37 +100,22 @@ class LVMTask(SamplerEpochs):
 
     @classmethod
     def from_config(
-        cls, cfg: RunConfig, run: RunPaths, dist: D.DistInfo, rng: np.random.Generator, resume: bool = False
+        cls,
+        cfg: LVMRunConfig,
+        run: RunPaths,
+        dist: D.DistInfo,
+        rng: np.random.Generator,
+        resume: bool = False,
     ) -> LVMTask:
         """Open the bank, make (or, on resume, reload) the split, build windows, model and loss."""
         bank, split = open_bank_and_split(cfg, run, dist, resume)
-        d = cfg.data
-
-        def windows(name: str) -> WindowSet:
-            ws = make_windows(bank, split, name, d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-            if len(ws) == 0:
-                raise ConfigError(
-                    f"the {name} split of bank {bank.path} has no windows with ctx={d.ctx} "
-                    f"(min_ctx={d.min_ctx}, pad={d.pad}): its articles are too short or too few. Lower data.ctx, "
-                    "set data.min_ctx, change split.ratios, or use a larger bank"
-                )
-            return ws
-
-        train = windows("train").sample(d.max_train_windows, cfg.seed)
-        val = windows("val").sample(d.max_eval_queries, cfg.seed + 1)
-        test = windows("test").sample(d.max_test_queries, cfg.seed + 2)
+        sets = LVM_SPEC.query_sets(cfg, bank, split)
+        train, val, test = sets.train, sets.val, sets.test
         model = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
         tune_anchor(model, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
-        if not getattr(model, "trainable", True):
-            raise ConfigError(
-                f"model.name={cfg.model.name!r} is a baseline with nothing to train; the trainer reports it "
-                "beside every model anyway (or score it alone with `lvmkit eval`)"
-            )
         loss_fn = build_loss(cfg.loss, dim=bank.dim)
         task = cls(cfg, bank, split, train, val, test, model, loss_fn, dist)
         if dist.is_main:
-            from lvmkit.train.loop import log
-
             counts = f"windows train {len(train)}, val {len(val)}, test {len(test)}"
             log(
                 run,
@@ -227,37 +180,16 @@ class LVMTask(SamplerEpochs):
 
     def final_eval(self, run: RunPaths) -> dict[str, Any]:
         """The model (best checkpoint) beside every baseline on the test windows -> metrics.json/.md."""
+        extra = {"model": describe(self.model)}
         name = self.cfg.model.name
-        suite = evaluate_suite(
-            {name: self.model},
-            self.test,
-            self.bank,
-            train_windows=self.train,
-            val_windows=self.val,
-            seed=self.cfg.seed,
+        fit_on = {"train": self.train, "val": self.val}  # ridge is fitted on train, the blend tuned on val
+        return final_evaluation(
+            LVM_SPEC, self.cfg, run, self.model, self.test, self.bank, fit_on, name, extra
         )
-        info = {
-            "split": "test",
-            "n_queries": len(self.test),
-            "test_windows_capped_at": self.cfg.data.max_test_queries,
-            "bank": str(self.bank.path),
-            "bank_id": self.bank.manifest.bank_id,
-            "model": describe(self.model),
-        }
-        write_json(run.metrics_json, {**info, **suite.to_dict()})
-        head = (
-            f"# {name}: test split\n\n{info['model']}\n\n"
-            f"{len(self.test)} test windows (ctx {self.cfg.data.ctx}), best checkpoint (epoch chosen by "
-            f"{self.cfg.early_stopping.metric} on val).\n\n"
-        )
-        write_text(run.metrics_md, head + format_table(suite) + "\n")
-        cmp = suite.comparisons[0]
-        return {
-            f"test_{cmp.metric}": suite[name].metrics[cmp.metric],
-            "best_baseline": cmp.baseline,
-            f"best_baseline_{cmp.metric}": suite[cmp.baseline].metrics[cmp.metric],
-            "verdict": cmp.verdict,
-        }
+
+    def should_stop(self, epoch: int, metrics: dict[str, Any]) -> str | None:
+        """No stop rule of its own (gates and early stopping are the loop's)."""
+        return None
 
     def provenance(self) -> dict[str, Any]:
         return {"model": dict(self.model.spec), "bank": bank_stamp(self.bank)}
