@@ -147,30 +147,26 @@ def test_old_delta_checkpoint_loads_and_predicts_as_it_did():
             torch.testing.assert_close(m(ctx, mask), old["expected"])
 
 
+def tiny_gru_config(bank, anchor: str, *extra: str):
+    """A one-layer gru (hidden 8) run at ctx 3 with ``anchor``, no final evaluation."""
+    from lvmkit.train.config import load_config
+
+    base = [f"bank={bank.path}", "data.ctx=3", "data.batch_size=16", "model.name=gru"]
+    model = f"model.kwargs={{hidden: 8, layers: 1, anchor: {anchor}}}"
+    return load_config(None, [*base, model, "final_eval=false", *extra])
+
+
 def test_a_run_with_anchor_mix_tunes_it_on_val_and_stores_it(make_bank, tmp_path):
     """anchor: mix with anchor_w null -> (w, alpha) chosen on the run's val windows (tune_blend), written
     into the checkpoint's spec; the reloaded model starts there and its mix weights still sum to 1."""
     from lvmkit.data.splits import Split
     from lvmkit.data.windows import make_windows
     from lvmkit.eval.tuning import tune_blend
-    from lvmkit.train.config import load_config
     from lvmkit.train.loop import train
     from lvmkit.train.runs import RunPaths
 
     bank = make_bank(tmp_path, articles=[10] * 30, dim=D, seed=5)
-    cfg = load_config(
-        None,
-        [
-            f"bank={bank.path}",
-            "data.ctx=3",
-            "data.batch_size=16",
-            "data.max_eval_queries=50",
-            "model.name=gru",
-            "model.kwargs={hidden: 8, layers: 1, anchor: mix}",
-            "optim.epochs=1",
-            "final_eval=false",
-        ],
-    )
+    cfg = tiny_gru_config(bank, "mix", "data.max_eval_queries=50", "optim.epochs=1")
     out = tmp_path / "run"
     assert train(cfg, out)["state"] == "finished"
     model, ckpt = load_model(RunPaths(out).best, bank=bank)
@@ -202,25 +198,17 @@ def test_from_start_keeps_the_untrained_anchor_unless_an_epoch_beats_it(make_ban
     """early_stopping.from_start: epoch 0 (the untrained model = its anchor) is scored on val and saved as
     best.pt; with a learning rate too small to change anything no epoch beats it, so best.pt stays epoch 0."""
     from lvmkit.artifacts import read_jsonl
-    from lvmkit.train.config import load_config
     from lvmkit.train.loop import train
     from lvmkit.train.runs import RunPaths
 
     bank = make_bank(tmp_path, articles=[10] * 24, dim=D, seed=7)
-    cfg = load_config(
-        None,
-        [
-            f"bank={bank.path}",
-            "data.ctx=3",
-            "data.batch_size=16",
-            "data.max_eval_queries=40",
-            "model.name=gru",
-            "model.kwargs={hidden: 8, layers: 1, anchor: mean}",
-            "optim.lr=1e-12",
-            "optim.epochs=2",
-            "early_stopping.from_start=true",
-            "final_eval=false",
-        ],
+    cfg = tiny_gru_config(
+        bank,
+        "mean",
+        "data.max_eval_queries=40",
+        "optim.lr=1e-12",
+        "optim.epochs=2",
+        "early_stopping.from_start=true",
     )
     out = tmp_path / "run"
     status = train(cfg, out)
