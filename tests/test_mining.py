@@ -65,7 +65,7 @@ def test_no_schedule_means_no_mining(text):
         ("1-5:8@0.9-1.2", "cosines must lie in [-1, 1]"),
         ("1-5:8@-1.5-0.2", "cosines must lie in [-1, 1]"),
         ("1-5:-1@0.1-0.2", "count must be >= 0, got -1"),
-        ("1-5:lots", "is not 'none' or COUNT@LO-HI"),
+        ("1-5:lots", "is not 'none', COUNT@LO-HI"),
         ("1-5", "is not FIRST-LAST:none"),
         ("1-5:none;", "empty stage"),
         ("a-b:none", "is not FIRST-LAST:none"),

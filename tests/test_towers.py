@@ -113,8 +113,8 @@ def test_untrained_anchored_tower_is_its_heuristic(name, anchor):
 def test_tower_options_are_checked():
     with pytest.raises(ConfigError, match="anchor 'middle' is not known"):
         build_model("bigru_pool", D, anchor="middle")
-    with pytest.raises(ConfigError, match="either delta: true or an anchor"):
-        build_model("transformer_pool", D, hidden=8, heads=2, anchor="last", delta=True)
+    with pytest.raises(ConfigError, match="either delta: true or anchor"):
+        build_model("transformer_pool", D, hidden=8, heads=2, anchor="mean", delta=True)
     with pytest.raises(ConfigError, match="anchor_alpha"):
         build_model("bigru_pool", D, anchor="exp_weighted", anchor_alpha=0)
     with pytest.raises(ConfigError, match="multiple of heads"):

@@ -8,7 +8,15 @@
 
 False negatives are masked out of InfoNCE (their logit set to -inf; the positive never is): a candidate from
 the query's own article (its neighbours are legitimately similar to the answer) and a candidate whose cosine
-with the query's target exceeds ``dup_threshold`` (the same or a near-identical sentence elsewhere).
+with the query's target is at least ``dup_threshold`` (the same or a near-identical sentence elsewhere:
+``near_duplicates``, the one rule every negative goes through).
+
+In-article hard negatives (``inarticle_offsets``, ``inarticle_weight``): with the window's context excluded,
+the chunks that outrank the truth in a full-bank search are mostly the same article's other chunks, which
+the same-article mask hides from the loss. These are given per row (``row_negatives`` [B, K, d], chosen by
+``lvmkit.train.mining.article_negative_rows``) and join that row's InfoNCE candidates with logit
+``cos / tau + log(inarticle_weight)`` (each counts as ``inarticle_weight`` of a negative in the softmax's
+denominator); only the near-duplicate rule masks them.
 
 ``build_loss(spec)`` turns a config dict into one nn.Module computing a weighted sum, e.g.
 
@@ -22,6 +30,7 @@ saved in its state_dict), and ``forward(pred, target, article_ids)`` returns ``(
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,6 +60,15 @@ def _ids(a: Any, device: torch.device) -> Tensor | None:
     return torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)
 
 
+def near_duplicates(target: Tensor, cands: Tensor, threshold: float) -> Tensor:
+    """Bool mask of candidates that are (near) copies of the target: cos(target, cand) >= ``threshold``.
+
+    target [B, d] with cands [N, d] -> [B, N]; or cands [B, K, d] (one list per row) -> [B, K]. Unit vectors."""
+    if cands.dim() == 3:
+        return torch.einsum("bd,bkd->bk", target, cands) >= threshold
+    return (target @ cands.T) >= threshold
+
+
 def info_nce(
     pred: Tensor,
     target: Tensor,
@@ -60,6 +78,9 @@ def info_nce(
     target_article: Tensor | None = None,
     neg_article: Tensor | None = None,
     dup_threshold: float = 0.98,
+    row_negatives: Tensor | None = None,
+    row_valid: Tensor | None = None,
+    row_weight: float = 1.0,
 ) -> Tensor:
     """InfoNCE with in-batch negatives (+ extras), false negatives masked.
 
@@ -67,7 +88,11 @@ def info_nce(
     logits[i, j] = cos(pred_i, cand_j) / tau with candidates = [targets; extra_negatives] and label i.
     Masked (set to -inf) for j != i: ``pred_article[i] == article(cand_j)`` (in-batch candidates have
     ``target_article``, defaulting to ``pred_article``; extras have ``neg_article``, unmasked when None), and
-    ``cos(target_i, cand_j) > dup_threshold``. Article ids are non-negative integers (-1 = unknown, never equal).
+    ``cos(target_i, cand_j) >= dup_threshold``. Article ids are non-negative integers (-1 = unknown, never equal).
+
+    ``row_negatives`` [B, K, d] are row i's own extra candidates (e.g. its article's other chunks), with
+    ``row_valid`` [B, K] (False = no such chunk); their logits get ``+ log(row_weight)`` and only the
+    near-duplicate rule (and ``row_valid``) masks them.
     """
     q = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
@@ -85,6 +110,17 @@ def info_nce(
                 cand_art[B:] = _ids(neg_article, q.device)
         invalid = false_negative_mask(t, cands, query_art, cand_art, dup_threshold)
     labels = torch.arange(B, device=q.device)
+    if row_negatives is not None and row_negatives.shape[1] > 0:
+        if row_weight <= 0:
+            raise ValueError(f"row_weight must be > 0, got {row_weight}")
+        rn = F.normalize(row_negatives.float(), dim=-1)
+        row_logits = torch.einsum("bd,bkd->bk", q, rn) / tau + math.log(row_weight)
+        with torch.no_grad():  # the same rule, without the article term: these ARE the article's chunks
+            row_invalid = false_negative_mask(t, rn, None, None, dup_threshold)
+            if row_valid is not None:
+                row_invalid |= ~row_valid.to(torch.bool)
+        logits = torch.cat([logits, row_logits], dim=1)
+        invalid = torch.cat([invalid, row_invalid], dim=1)
     return F.cross_entropy(logits.masked_fill(invalid, float("-inf")), labels)
 
 
@@ -100,16 +136,16 @@ def false_negative_mask(
     """The one false-negative rule of every contrastive loss (InfoNCE here, the two-tower loss): True where
     candidate j must not count as a negative of query i, because it comes from the query's article
     (``query_article[i] == cand_article[j]``, ids >= 0; -1 = unknown) or is a near duplicate of the query's
-    target (``cos(target_i, cand_j) > dup_threshold``).
+    target (``cos(target_i, cand_j) >= dup_threshold``, ``near_duplicates``).
 
     ``cands`` [C, d] are shared by every query (then the mask is [B, C] and, with ``positives_on_diagonal``,
     candidate i is query i's positive and never masked) or [B, M, d] per query (mask [B, M], no positives)."""
     if cands.ndim == 3:
-        mask = torch.einsum("bd,bmd->bm", target, cands.to(target.dtype)) > dup_threshold
+        mask = near_duplicates(target, cands.to(target.dtype), dup_threshold)
         if query_article is not None and cand_article is not None:
             mask |= (cand_article == query_article[:, None]) & (query_article[:, None] >= 0)
         return mask
-    mask = (target @ cands.T) > dup_threshold
+    mask = near_duplicates(target, cands, dup_threshold)
     if query_article is not None and cand_article is not None:
         mask |= (query_article[:, None] == cand_article[None, :]) & (query_article[:, None] >= 0)
     if positives_on_diagonal:
@@ -185,6 +221,10 @@ class LossSpec(BaseModel):
     queue: int = 0  # size of the queue of past targets used as extra InfoNCE negatives (0 = none)
     dup_threshold: float = 0.98
     mask_same_article: bool = True
+    # in-article hard negatives (joined to the InfoNCE candidates of their row): offset k > 0 is the chunk
+    # target + k, k < 0 the |k|-th chunk before the window's first context chunk; e.g. [1, 2, 3, -1, -2]
+    inarticle_offsets: list[int] = []
+    inarticle_weight: float = 1.0
     proj_hidden: int = 512
     proj_dim: int = 256
 
@@ -221,6 +261,17 @@ class LossSpec(BaseModel):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.queue < 0 or self.proj_hidden < 1 or self.proj_dim < 1:
             raise ValueError("queue must be >= 0 and proj_hidden, proj_dim >= 1")
+        if self.inarticle_offsets:
+            if 0 in self.inarticle_offsets or len(set(self.inarticle_offsets)) < len(self.inarticle_offsets):
+                raise ValueError(
+                    f"inarticle_offsets must be distinct and non-zero (0 is the target), got {self.inarticle_offsets}"
+                )
+            if not self.uses_infonce:
+                raise ValueError(
+                    "inarticle_offsets adds negatives to the InfoNCE term: set infonce > 0 (or lambda_con > 0)"
+                )
+        if self.inarticle_weight <= 0:
+            raise ValueError(f"inarticle_weight must be > 0, got {self.inarticle_weight}")
         return self
 
 
@@ -270,8 +321,11 @@ class LVMLoss(nn.Module):
         article_ids: Tensor | None = None,
         extra_negatives: Tensor | None = None,
         extra_article_ids: Tensor | None = None,
+        row_negatives: Tensor | None = None,
+        row_valid: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         s = self.spec
+        rows = (row_negatives, row_valid)
         terms: dict[str, tuple[float, Tensor]] = {}
         if s.contrastive:
             if s.lambda_ar:
@@ -279,7 +333,7 @@ class LVMLoss(nn.Module):
             if s.uses_infonce:
                 terms["con"] = (
                     s.lambda_con,
-                    self._info_nce(pred, target, article_ids, extra_negatives, extra_article_ids),
+                    self._info_nce(pred, target, article_ids, extra_negatives, extra_article_ids, rows),
                 )
         else:
             if s.mse:
@@ -289,7 +343,7 @@ class LVMLoss(nn.Module):
             if s.infonce:
                 terms["infonce"] = (
                     s.infonce,
-                    self._info_nce(pred, target, article_ids, extra_negatives, extra_article_ids),
+                    self._info_nce(pred, target, article_ids, extra_negatives, extra_article_ids, rows),
                 )
         total = sum(w * v for w, v in terms.values())
         if self.training and self.queue is not None:
@@ -298,7 +352,7 @@ class LVMLoss(nn.Module):
         parts["total"] = total.detach()
         return total, parts
 
-    def _info_nce(self, pred, target, article_ids, extra, extra_articles) -> Tensor:
+    def _info_nce(self, pred, target, article_ids, extra, extra_articles, rows=(None, None)) -> Tensor:
         negs, neg_art = [], []
         if self.queue is not None and len(self.queue):
             qv, qa = self.queue.get()
@@ -313,9 +367,11 @@ class LVMLoss(nn.Module):
             )
         negatives = torch.cat([n.to(target.dtype) for n in negs]) if negs else None
         neg_article = torch.cat(neg_art) if negs else None
+        row_negatives, row_valid = rows
         if self.head is not None:
             pred, target = self.head(pred), self.head(target)
             negatives = self.head(negatives) if negatives is not None else None
+            row_negatives = self.head(row_negatives) if row_negatives is not None else None
         art = article_ids if self.spec.mask_same_article else None
         return info_nce(
             pred,
@@ -325,6 +381,9 @@ class LVMLoss(nn.Module):
             pred_article=art,
             neg_article=neg_article if art is not None else None,
             dup_threshold=self.spec.dup_threshold,
+            row_negatives=row_negatives,
+            row_valid=row_valid,
+            row_weight=self.spec.inarticle_weight,
         )
 
     def extra_repr(self) -> str:

@@ -42,7 +42,10 @@ MODEL_KWARGS: dict[str, dict[str, Any]] = {
 
 
 def quickstart_config(model: str, bank: str | Path, s: QuickstartSettings) -> RunConfig:
-    """A small, honest run config: delta mode, cosine + a little InfoNCE, article-capped batches."""
+    """A small, honest run config, chosen on val (benchmarks/results/levers_quickstart_*.json): the model starts
+    AT a learned blend of the heuristics (``anchor: mix``, tuned on val) and learns a residual with InfoNCE
+    (+ a little cosine) at a low learning rate; the untrained start competes for best.pt (``from_start``).
+    Article-capped batches."""
     if model not in MODEL_KWARGS:
         raise ConfigError(f"quickstart model {model!r} is not known; allowed: {', '.join(MODEL_KWARGS)}")
     return config_from_dict(
@@ -60,10 +63,10 @@ def quickstart_config(model: str, bank: str | Path, s: QuickstartSettings) -> Ru
                 "max_eval_queries": 1000,
                 "max_test_queries": s.max_test_queries,
             },
-            "model": {"name": model, "delta": True, "kwargs": MODEL_KWARGS[model]},
-            "loss": {"cos": 1.0, "infonce": 0.05, "tau": 0.05},
-            "optim": {"lr": 1e-3, "epochs": s.epochs, "warmup_steps": 50},
-            "early_stopping": {"metric": "val_hit@5", "mode": "max", "patience": 3},
+            "model": {"name": model, "delta": False, "kwargs": {**MODEL_KWARGS[model], "anchor": "mix"}},
+            "loss": {"cos": 0.1, "infonce": 1.0, "tau": 0.05},
+            "optim": {"lr": 1e-4, "epochs": s.epochs, "warmup_steps": 50},
+            "early_stopping": {"metric": "val_hit@5", "mode": "max", "patience": 3, "from_start": True},
             "checkpoint_every_steps": 200,
             "final_eval": False,  # compare_runs evaluates all models together instead
         },

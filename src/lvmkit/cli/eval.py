@@ -171,9 +171,24 @@ def eval_command(
 
 
 def print_comparisons(suite) -> None:
-    """One line per model: its paired difference to the best baseline, the interval and the verdict (bold)."""
+    """One line per model: its paired difference to the best baseline, the interval and the verdict (bold);
+    then how the model fares against every baseline at every Hit@k, and the blend's chosen (w, alpha)."""
     for c in suite.comparisons:
         console.print(c.describe(verdict="[bold]{}[/bold]"))
+    for model in dict.fromkeys(c.model for c in suite.all_comparisons):
+        rows = [c for c in suite.all_comparisons if c.model == model]
+        n = {v: sum(c.verdict == v for c in rows) for v in ("better", "no clear difference", "worse")}
+        console.print(
+            f"{model} vs {len({c.baseline for c in rows})} baselines x {len({c.metric for c in rows})} Hit@k: "
+            f"{n['better']} better, {n['no clear difference']} no clear difference, {n['worse']} worse "
+            "(every pair in metrics.md)"
+        )
+    blend = suite.fitted.get("blend")
+    if blend:
+        console.print(
+            f"blend: w={blend['w']:g}, alpha={blend['alpha']:g} chosen on {blend['n_windows']} {blend['tuned_on']} "
+            "windows"
+        )
 
 
 def results_table(suite, primary: str, columns: tuple[str, ...] | None = None):

@@ -219,8 +219,10 @@ def curriculum_findings(cfg) -> tuple[list[dict[str, Any]] | None, list[Finding]
             {
                 "epoch": e,
                 "negatives": st.count,
-                "cos_lo": st.lo if st.mines else None,
-                "cos_hi": st.hi if st.mines else None,
+                "cos_lo": st.lo if st.mines and not st.pct else None,
+                "cos_hi": st.hi if st.mines and not st.pct else None,
+                # a percentile window (8@p90-p99) is resolved to cosines only when mining, on the tower's queries
+                "percentiles": [st.lo, st.hi] if st.mines and st.pct else None,
             }
         )
     mined = sum(1 for r in rows if r["negatives"])

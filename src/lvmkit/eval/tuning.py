@@ -114,3 +114,18 @@ def fit_blend(windows, bank: VectorBank, *, seed: int = 0, tuned_on: str = "val"
     model = build_model("blend", bank.dim, w=fit.w, alpha=fit.alpha)
     model.fit_info = fit
     return model
+
+
+def tune_anchor(model, windows, bank: VectorBank, *, seed: int = 0) -> BlendFit | None:
+    """Start a ``blend`` / ``mix`` anchor whose ``anchor_w`` is null at the blend tuned on ``windows`` (the
+    run's val windows), and write the chosen pair into ``model.spec``. Other models: no-op (None)."""
+    from lvmkit.models.anchors import TUNED_ANCHORS
+
+    anchor = getattr(model, "anchor", None)
+    if getattr(anchor, "kind", None) not in TUNED_ANCHORS or anchor.tuned:
+        return None
+    fit = tune_blend(windows, bank, seed=seed)
+    anchor.set_blend(fit.w, fit.alpha)
+    if hasattr(model, "spec"):
+        model.spec.update(anchor_w=fit.w, anchor_alpha=fit.alpha)
+    return fit

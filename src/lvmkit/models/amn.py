@@ -5,10 +5,10 @@
     residual = MLP(LayerNorm([baseline, attended]))                      [B, d]
     output   = normalise(baseline + residual)
 
-The MLP's last layer starts at zero, so an untrained AMN *is* the mean-of-context baseline and training can
-only move it away from there on purpose. In delta mode the anchor is the last context vector instead of the
-mean (output = normalise(ctx[:, -1] + residual)), so it starts as copy_last. The query is built from the
-context alone; it never sees the target.
+AMN's default anchor is ``mean``: the MLP's last layer starts at zero, so an untrained AMN *is* the
+mean-of-context baseline and training can only move it away from there on purpose. Any other anchor
+(``delta: true`` = ``last``, ``blend``, ``mix``, ...) replaces the mean in the output, not in the query. The
+query is built from the context alone; it never sees the target.
 """
 
 from __future__ import annotations
@@ -23,10 +23,20 @@ from lvmkit.models.base import LVM, masked_mean
 
 
 class AMN(LVM):
+    default_anchor = "mean"
+
     def __init__(
-        self, dim: int, delta: bool = False, hidden: int = 256, heads: int = 4, dropout: float = 0.0
+        self,
+        dim: int,
+        delta: bool = False,
+        hidden: int = 256,
+        heads: int = 4,
+        dropout: float = 0.0,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         if int(hidden) < 1 or int(heads) < 1 or int(hidden) % int(heads):
             raise ConfigError(f"amn hidden ({hidden}) must be a positive multiple of heads ({heads})")
         self.heads, self.hidden = int(heads), int(hidden)
@@ -41,8 +51,7 @@ class AMN(LVM):
             nn.Dropout(dropout),
         )
         self.out_proj = nn.Linear(2 * hidden, dim)
-        nn.init.zeros_(self.out_proj.weight)
-        nn.init.zeros_(self.out_proj.bias)
+        self.start_at_anchor(self.out_proj)
 
     def attend(self, query: Tensor, ctx: Tensor, mask: Tensor | None) -> Tensor:
         """Multi-head attention of one query per row [B, d] over the context [B, T, d] -> [B, d]."""
@@ -60,5 +69,4 @@ class AMN(LVM):
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         baseline = masked_mean(ctx, mask)
         attended = self.attend(baseline, ctx, mask)
-        residual = self.out_proj(self.mlp(torch.cat([baseline, attended], dim=-1)))
-        return residual if self.delta else baseline + residual  # delta: the anchor is ctx[:, -1] instead
+        return self.out_proj(self.mlp(torch.cat([baseline, attended], dim=-1)))  # LVM.forward adds the anchor

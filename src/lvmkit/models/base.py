@@ -1,4 +1,4 @@
-"""What every LVM shares: the forward contract, input checks, delta mode and output normalisation.
+"""What every LVM shares: the forward contract, input checks, the anchor and output normalisation.
 
 The contract (docs/ARCHITECTURE.md, "models"):
 
@@ -9,9 +9,12 @@ position ``T - 1`` is always the most recent real chunk, so ``ctx[:, -1]`` is "t
 every row. ``mask=None`` means no padding.
 
 A model family subclasses ``LVM`` and implements ``predict(ctx, mask) -> [B, d]``, an unnormalised vector.
-``LVM.forward`` checks the inputs, then, in delta mode, adds the last context vector (so the family predicts a
-residual), and L2-normalises. Delta mode is therefore implemented once, here, for every model; a trainable
-family also passes its output layer to ``start_at_copy_last`` so that in delta mode it starts as copy_last.
+``LVM.forward`` checks the inputs, adds the model's anchor (``lvmkit.models.anchors``: none, last, mean,
+exp_weighted, blend or mix; the family predicts a residual on it) and L2-normalises. The anchor is
+therefore implemented once, here, for every model: a trainable family takes the options ``anchor``,
+``anchor_alpha`` and ``anchor_w`` and passes them on, and passes its output layer to ``start_at_anchor``,
+which zero-initialises it when there is an anchor, so that an untrained model IS its anchor.
+``delta: true`` is an alias of ``anchor: last`` (checkpoints written with it load unchanged).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvmkit.errors import ConfigError
+from lvmkit.models.anchors import Anchor, resolve_anchor
 
 
 def positive_int(value: int, name: str) -> int:
@@ -54,25 +58,39 @@ class LVM(nn.Module, abc.ABC):
     """Base class of every model in the zoo. Subclasses implement ``predict``.
 
     ``trainable`` tells the trainer whether the model has parameters to optimise; baselines set it to False.
+    ``default_anchor`` is the family's anchor when neither ``anchor`` nor ``delta`` is given.
     """
 
     trainable: bool = True
+    default_anchor: str = "none"
 
-    def __init__(self, dim: int, delta: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        delta: bool = False,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
+    ):
         super().__init__()
         if int(dim) < 1:
             raise ConfigError(f"model dim must be a positive integer (the bank's vector size), got {dim}")
         self.dim = int(dim)
-        self.delta = bool(delta)
+        self.anchor = Anchor(resolve_anchor(anchor, bool(delta), self.default_anchor), anchor_alpha, anchor_w)
+
+    @property
+    def delta(self) -> bool:
+        """True when the anchor is the last context vector (the old ``delta`` mode)."""
+        return self.anchor.kind == "last"
 
     @abc.abstractmethod
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
-        """Return an unnormalised prediction [B, d] (in delta mode: the residual added to ctx[:, -1])."""
+        """Return an unnormalised prediction [B, d] (with an anchor: the residual added to it)."""
 
-    def start_at_copy_last(self, layer: nn.Linear) -> None:
-        """Call with the final output layer. In delta mode it starts at zero, so the untrained model predicts
-        exactly ctx[:, -1] (the copy_last baseline) and training moves away from it only where that helps."""
-        if self.delta:
+    def start_at_anchor(self, layer: nn.Linear) -> None:
+        """Call with the final output layer. With an anchor it starts at zero, so the untrained model predicts
+        exactly the anchor (e.g. copy_last for ``last``) and training moves away from it only where that helps."""
+        if self.anchor.kind != "none":
             nn.init.zeros_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
@@ -80,9 +98,8 @@ class LVM(nn.Module, abc.ABC):
     def forward(self, ctx: Tensor, mask: Tensor | None = None) -> Tensor:
         mask = self.check_inputs(ctx, mask)
         out = self.predict(ctx, mask)
-        if self.delta:
-            out = out + ctx[:, -1]
-        return l2_normalize(out)
+        base = self.anchor(ctx, mask)
+        return l2_normalize(out if base is None else out + base)
 
     def check_inputs(self, ctx: Tensor, mask: Tensor | None) -> Tensor | None:
         """Validate shapes and the left-padding layout; return the mask as bool (None stays None)."""
@@ -106,4 +123,4 @@ class LVM(nn.Module, abc.ABC):
         return mask
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, delta={self.delta}"
+        return f"dim={self.dim}"

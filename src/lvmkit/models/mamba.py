@@ -356,8 +356,11 @@ class Mamba(LVM):
         dt_rank: int | None = None,
         chunk_size: int | None = None,
         dropout: float = 0.0,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         if variant not in VARIANTS:
             raise ConfigError(f"mamba variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         for name, value in [
@@ -391,7 +394,7 @@ class Mamba(LVM):
         self.drop = nn.Dropout(dropout)
         self.norm_f = nn.RMSNorm(hidden)
         self.out_proj = nn.Linear(hidden, dim)
-        self.start_at_copy_last(self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         mask = mask if has_padding(mask) else None  # no padding: skip the masking work

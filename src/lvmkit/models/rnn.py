@@ -58,14 +58,22 @@ class RecurrentLVM(LVM):
     cell = "gru"
 
     def __init__(
-        self, dim: int, delta: bool = False, hidden: int = 256, layers: int = 2, dropout: float = 0.0
+        self,
+        dim: int,
+        delta: bool = False,
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.0,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         hidden, layers = positive_int(hidden, "hidden"), positive_int(layers, "layers")
         self.in_proj = nn.Linear(dim, hidden)
         self.stack = RNNStack(hidden, layers, self.cell, dropout)
         self.out_proj = nn.Linear(hidden, dim)
-        self.start_at_copy_last(self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         return self.out_proj(self.stack(self.in_proj(ctx), mask))
@@ -89,9 +97,17 @@ class MemoryGRU(LVM):
     """
 
     def __init__(
-        self, dim: int, delta: bool = False, hidden: int = 256, slots: int = 32, dropout: float = 0.0
+        self,
+        dim: int,
+        delta: bool = False,
+        hidden: int = 256,
+        slots: int = 32,
+        dropout: float = 0.0,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         hidden, slots = positive_int(hidden, "hidden"), positive_int(slots, "slots")
         self.in_proj = nn.Linear(dim, hidden)
         self.query = nn.Linear(hidden, hidden, bias=False)
@@ -101,7 +117,7 @@ class MemoryGRU(LVM):
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * hidden)
         self.out_proj = nn.Linear(2 * hidden, dim)
-        self.start_at_copy_last(self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
     def read(self, h: Tensor) -> Tensor:
         """Content-based read of the memory by hidden state h [B, hidden] -> [B, hidden]."""
@@ -138,15 +154,18 @@ class HierarchicalGRU(LVM):
         local_layers: int = 1,
         global_layers: int = 1,
         dropout: float = 0.0,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         hidden = positive_int(hidden, "hidden")
         self.chunk_len = positive_int(chunk_len, "chunk_len")
         self.in_proj = nn.Linear(dim, hidden)
         self.local = RNNStack(hidden, positive_int(local_layers, "local_layers"), "gru", dropout)
         self.globl = RNNStack(hidden, positive_int(global_layers, "global_layers"), "gru", dropout)
         self.out_proj = nn.Linear(hidden, dim)
-        self.start_at_copy_last(self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = ctx.shape

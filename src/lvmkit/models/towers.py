@@ -11,15 +11,10 @@ built by name from the model registry, and every LVM of the zoo can serve as a q
 Both are L2-normalised by ``LVM.forward``. Mean pooling over a bidirectional encoder sees the whole context
 at once: the query is a summary of the window rather than a guess of the next vector.
 
-``anchor`` starts a tower AT a heuristic query: the tower's output is ``anchor(ctx) + residual``, and the
-residual's last layer starts at zero, so an untrained tower is exactly the heuristic and training can only
-move it where the contrastive loss says so (a randomly initialised tower starts near Recall 0 and, with the
-few thousand pairs of a small bank, may never catch up with the heuristic):
-
-    none          no anchor (the predecessor's design)
-    exp_weighted  sum_t w_t ctx_t / sum_t w_t, w_t = alpha (1 - alpha)^(T-1-t) (``anchor_alpha``, 0.1)
-    last          ctx[:, -1] (the same as ``delta: true``)
-    mean          the mean of the real context vectors
+Like every LVM, a tower takes ``anchor`` (``lvmkit.models.anchors``: none, last, mean, exp_weighted, blend,
+mix): its output is ``anchor(ctx) + residual`` and the residual's last layer starts at zero, so an untrained
+tower is exactly the heuristic (a randomly initialised tower starts near Recall 0 and, with the few thousand
+pairs of a small bank, may never catch up with the heuristic).
 
 Document towers map bank vectors ``[N, d] -> [N, d]`` (unit vectors) and are built with ``build_doc_tower``:
 
@@ -31,7 +26,6 @@ Document towers map bank vectors ``[N, d] -> [N, d]`` (unit vectors) and are bui
 
 from __future__ import annotations
 
-import abc
 from typing import Any
 
 import torch
@@ -40,48 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lvmkit.errors import ConfigError
 from lvmkit.models.base import LVM, has_padding, l2_normalize, masked_mean, positive_int
-from lvmkit.models.baselines import check_alpha, exp_weighted_mean
 from lvmkit.models.transformer import TransformerTrunk
-
-ANCHORS = ("none", "exp_weighted", "last", "mean")
-
-
-class AnchoredTower(LVM):
-    """A query tower whose output is ``anchor(ctx) + predict_residual(ctx)`` (see the module docstring)."""
-
-    def init_anchor(self, anchor: str, anchor_alpha: float, out_layer: nn.Linear) -> None:
-        if anchor not in ANCHORS:
-            raise ConfigError(f"tower anchor {anchor!r} is not known; allowed: {', '.join(ANCHORS)}")
-        if anchor != "none" and self.delta:
-            raise ConfigError(
-                "a tower takes either delta: true or an anchor, not both (anchor 'last' = delta)"
-            )
-        self.anchor, self.anchor_alpha = anchor, check_alpha(anchor_alpha, "tower anchor_alpha")
-        if anchor != "none":  # the untrained tower IS the anchor heuristic
-            nn.init.zeros_(out_layer.weight)
-            nn.init.zeros_(out_layer.bias)
-        self.start_at_copy_last(out_layer)
-
-    def anchor_vector(self, ctx: Tensor, mask: Tensor | None) -> Tensor | None:
-        if self.anchor == "last":
-            return ctx[:, -1]
-        if self.anchor == "mean":
-            return masked_mean(ctx, mask)
-        if self.anchor == "exp_weighted":
-            return exp_weighted_mean(ctx, mask, self.anchor_alpha)
-        return None
-
-    @abc.abstractmethod
-    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
-        """The tower's own output [B, d] (added to the anchor)."""
-
-    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
-        out = self.predict_residual(ctx, mask)
-        base = self.anchor_vector(ctx, mask)
-        return out if base is None else out + base
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, anchor={self.anchor}"
 
 
 def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,7 +45,7 @@ def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return x.gather(1, idx[..., None].expand_as(x)), lengths
 
 
-class BiGRUPool(AnchoredTower):
+class BiGRUPool(LVM):
     """``bigru_pool``: d -> hidden, bidirectional GRU (``layers``), masked mean over time, linear -> d.
 
     Padding never changes the result: rows are left-aligned and packed, so the GRU (in both directions)
@@ -106,10 +59,11 @@ class BiGRUPool(AnchoredTower):
         hidden: int = 256,
         layers: int = 1,
         dropout: float = 0.0,
-        anchor: str = "none",
+        anchor: str | None = None,
         anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         hidden, layers = positive_int(hidden, "bigru_pool hidden"), positive_int(layers, "bigru_pool layers")
         self.in_proj = nn.Linear(dim, hidden)
         self.gru = nn.GRU(
@@ -122,9 +76,9 @@ class BiGRUPool(AnchoredTower):
         )
         self.drop = nn.Dropout(float(dropout))
         self.out_proj = nn.Linear(2 * hidden, dim)
-        self.init_anchor(anchor, anchor_alpha, self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
-    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         x = self.drop(self.in_proj(ctx))
         if not has_padding(mask):
             return self.out_proj(self.gru(x)[0].mean(dim=1))
@@ -135,7 +89,7 @@ class BiGRUPool(AnchoredTower):
         return self.out_proj(masked_mean(out, real))
 
 
-class TransformerPool(TransformerTrunk, AnchoredTower):
+class TransformerPool(TransformerTrunk):
     """``transformer_pool``: d -> hidden + recency position, ``layers`` bidirectional pre-LN blocks (padded
     keys masked), masked mean over the real positions, linear -> d."""
 
@@ -150,14 +104,15 @@ class TransformerPool(TransformerTrunk, AnchoredTower):
         dropout: float = 0.0,
         pos: str = "learned",
         max_len: int = 2000,
-        anchor: str = "none",
+        anchor: str | None = None,
         anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         self.build_trunk("transformer_pool", hidden, layers, heads, mlp_ratio, dropout, pos, max_len)
-        self.init_anchor(anchor, anchor_alpha, self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
-    def predict_residual(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
+    def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         B, T, _ = ctx.shape
         x = self.embed(ctx)
         # Bidirectional: every query position may attend to every real key (an explicit mask also turns

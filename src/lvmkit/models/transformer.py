@@ -134,10 +134,13 @@ class TransformerLVM(TransformerTrunk):
         dropout: float = 0.0,
         pos: str = "learned",
         max_len: int = 2000,
+        anchor: str | None = None,
+        anchor_alpha: float = 0.1,
+        anchor_w: float | None = None,
     ):
-        super().__init__(dim, delta)
+        super().__init__(dim, delta, anchor, anchor_alpha, anchor_w)
         self.build_trunk("transformer", hidden, layers, heads, mlp_ratio, dropout, pos, max_len)
-        self.start_at_copy_last(self.out_proj)
+        self.start_at_anchor(self.out_proj)
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
         length = ctx.shape[1]

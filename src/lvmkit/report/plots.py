@@ -7,6 +7,7 @@ when there is nothing to draw, so the report simply leaves that figure out:
     metric_bars(metrics)    hit@5 and contain@50 of the model and every baseline, 95% intervals as error bars
     offset_sweep(metrics)   c_k = mean cos(prediction, chunk[target + k]), k = -3..3, model vs baselines
     label_bars(metrics)     hit@5 per label (e.g. the embedded corpus's topic), model vs best baseline
+    scaling_curves(points)  hit@5 vs training windows and vs ctx, baselines as lines (bench_scaling.py)
 
 ``runs`` is a list of ``(name, history_rows)``; several runs are drawn on the same axes, one colour each.
 """
@@ -191,4 +192,41 @@ def label_bars(metrics: dict[str, Any], key: str = "hit@5", max_labels: int = 15
     )
     ax.set(ylabel=f"{key} (%)", title=f"{key} by label")
     ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def scaling_curves(points: Sequence[dict[str, Any]], metric: str = "hit@5") -> bytes | None:
+    """Two panels from ``benchmarks/bench_scaling.py``'s points ({"sweep": "size"|"ctx", "ctx", "train_windows",
+    "model", "results": {name: {metric: value}}}): ``metric`` of the model against training windows (log x; the
+    baselines, which do not train, as horizontal lines) and against ctx (baselines per ctx, dashed)."""
+    sweeps = {s: [p for p in points if p.get("sweep") == s] for s in ("size", "ctx")}
+    if not any(sweeps.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), layout="constrained")
+    for ax, (sweep, pts), xkey in zip(axes, sweeps.items(), ("train_windows", "ctx"), strict=True):
+        pts = sorted(pts, key=lambda p: p[xkey])
+        if not pts:
+            ax.set_visible(False)
+            continue
+        xs = [p[xkey] for p in pts]
+        model = pts[0]["model"]
+        ax.plot(
+            xs, [100 * p["results"][model][metric] for p in pts], "o-", lw=2.2, color=COLORS[0], label=model
+        )
+        for i, (b, style) in enumerate(BASELINE_STYLE.items(), start=1):
+            if not all(b in p["results"] for p in pts):
+                continue
+            ys = [100 * p["results"][b][metric] for p in pts]
+            if sweep == "size":  # the same test windows at every size: one value per baseline
+                ax.axhline(ys[0], ls=style, lw=1.2, color=COLORS[i % len(COLORS)], label=b)
+            else:
+                ax.plot(xs, ys, ls=style, lw=1.2, marker=".", color=COLORS[i % len(COLORS)], label=b)
+        ax.set_xscale("log")
+        ctx_note = f" (ctx {pts[0]['ctx']})" if sweep == "size" else ""
+        ax.set(
+            xlabel="training windows" if sweep == "size" else "context length (chunks)",
+            ylabel=f"{metric} (%)",
+            title=f"{metric} vs {'training windows' + ctx_note if sweep == 'size' else 'ctx'}",
+        )
+        ax.legend(fontsize=7)
     return to_png(fig)

@@ -91,6 +91,11 @@ class EarlyStoppingConfig(_Section):
     metric: str = "val_hit@5"
     mode: Literal["max", "min"] = "max"
     patience: int | None = Field(3, ge=1)
+    from_start: bool = Field(
+        False,
+        description="score the untrained model on val as epoch 0 and keep it as best.pt unless an epoch beats it "
+        "(an anchored model starts AT its heuristic, so training can then never end below it on val)",
+    )
 
 
 class GateConfig(_Section):

@@ -175,6 +175,8 @@ def train(
         t = setup(cfg, run, dist, task, resume, emit)
         restore(t, resume)
         announce(t)
+        if t.main and cfg.early_stopping.from_start and t.p.step == 0 and t.p.best is None:
+            start_candidate(t)  # epoch 0: the untrained model competes for best.pt
         while t.p.epoch <= cfg.optim.epochs and t.p.stop is None:
             if not train_one_epoch(t):
                 return finish(t, "stopped_nan", message=t.stop_message)
@@ -391,6 +393,22 @@ def end_of_epoch(t: Trainer) -> None:
     if not t.main:  # keep the other ranks' positions in step with rank 0's
         advance(t.p, epoch, decision["stop"])
     t.stop_message = decision.get("message")
+
+
+def start_candidate(t: Trainer) -> None:
+    """``early_stopping.from_start``: score the untrained model on val as epoch 0 (a history row) and save it
+    as best.pt, so the best checkpoint is chosen among epochs 0..N on val (an anchored model IS its anchor)."""
+    metrics = {f"val_{k}": v for k, v in t.task.evaluate("val").items()}
+    metric, p = t.cfg.early_stopping.metric, t.p
+    if metric not in metrics:
+        return  # the first epoch's check names the problem
+    p.best, p.best_epoch = float(metrics[metric]), 0
+    append_jsonl(
+        t.run.history, {"kind": "epoch", "epoch": 0, "step": 0, **metrics, "best": p.best, "best_epoch": 0}
+    )
+    p.history_rows += 1
+    log(t.run, f"epoch 0 (untrained start) | {metric} {p.best:.4f}")
+    save_checkpoint(t.run.best, full_state(t))
 
 
 def validate_and_checkpoint(t: Trainer, train_windows: int) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Curriculum hard-negative mining for the two-tower retriever.
+"""Curriculum hard-negative mining for the two-tower retriever, and in-article negatives for LVMs
+(``article_negative_rows``: the window's own article's chunks just after the target and just before the
+context, used by the loss option ``inarticle_offsets``).
 
 The curriculum
 --------------
@@ -7,9 +9,14 @@ A schedule says, epoch by epoch, how many mined negatives each training pair get
 
     "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
 
-Stages are ``FIRST-LAST:SPEC`` joined by ``;`` (``N:SPEC`` is a one-epoch stage), where SPEC is ``none`` or
+Stages are ``FIRST-LAST:SPEC`` joined by ``;`` (``N:SPEC`` is a one-epoch stage), where SPEC is ``none``,
 ``COUNT@LO-HI``: COUNT >= 0 negatives per pair whose cosine to the query lies in [LO, HI], with
--1 <= LO < HI <= 1. Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
+-1 <= LO < HI <= 1, or ``COUNT@pLO-pHI`` (e.g. ``6-10:8@p90-p99``): a window given as percentiles
+0 <= LO < HI <= 100 of the query-neighbour cosine distribution, so that it fits the encoder. At each mining
+epoch it is resolved (``resolve_stage``) from the cosines between up to 2,000 train queries (the current
+tower's) and their top ``factor x count`` bank neighbours that pass the safety rules below
+(``neighbour_cosines``); the pool is then made large enough that the window can fill ``count``
+(``Stage.factor``: at least 2 x 100 / (HI - LO) candidates per wanted negative). Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
 trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply never runs). Every
 mistake is a ``ConfigError`` that quotes the stage. ``Schedule.describe()`` prints the plan epoch by epoch
 (``lvmkit diagnose data`` shows it through ``describe_schedule``).
@@ -40,6 +47,7 @@ reshuffles (the predecessor stored them by batch position and trained on mismatc
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,28 +62,56 @@ CANDIDATE_FACTOR = 4
 RULES = ("positive", "same_article", "near_dup", "window")
 
 _STAGE = re.compile(r"^(?P<a>-?\d+)(?:-(?P<b>-?\d+))?:(?P<spec>.+)$")
-_SPEC = re.compile(r"^(?P<n>-?\d+)@(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<hi>-?[0-9.]+(?:e-?\d+)?)$")
+_SPEC = re.compile(
+    r"^(?P<n>-?\d+)@(?P<p>p?)(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<q>p?)(?P<hi>-?[0-9.]+(?:e-?\d+)?)$"
+)
+PERCENTILE_SAMPLE = 2000  # train queries whose neighbour cosines resolve a percentile window
 
 
 # ------------------------------------------------------------------------------------------ schedule
 @dataclass(frozen=True)
 class Stage:
     """Epochs ``first..last`` (inclusive): ``count`` negatives per pair with cos(q, n) in [lo, hi].
-    ``count == 0`` means no mining (lo and hi are then unused)."""
+    ``count == 0`` means no mining (lo and hi are then unused). ``pct``: lo and hi are percentiles (0-100)
+    of the query-neighbour cosines, turned into cosines by ``resolve``."""
 
     first: int
     last: int
     count: int = 0
     lo: float = 0.0
     hi: float = 0.0
+    pct: bool = False
 
     @property
     def mines(self) -> bool:
         return self.count > 0
 
+    def factor(self, configured: int) -> int:
+        """Candidates per wanted negative: ``configured``, raised for a percentile window so that on average
+        twice ``count`` candidates fall inside it."""
+        if not self.pct:
+            return int(configured)
+        return max(int(configured), math.ceil(2 * 100 / (self.hi - self.lo)))
+
+    def resolve(self, cosines: np.ndarray) -> Stage:
+        """The same stage with its percentile window turned into cosines of ``cosines`` (no-op otherwise)."""
+        if not self.pct or not self.mines:
+            return self
+        c = np.asarray(cosines, dtype=np.float64)
+        if c.size == 0:
+            raise ConfigError(
+                f"mining stage {self}: no query-neighbour cosines to resolve its percentiles from"
+            )
+        lo, hi = np.percentile(c, [self.lo, self.hi])
+        hi = max(float(hi), float(lo) + 1e-6)
+        return Stage(self.first, self.last, self.count, float(lo), min(hi, 1.0))
+
     def __str__(self) -> str:
         epochs = f"{self.first}" if self.first == self.last else f"{self.first}-{self.last}"
-        spec = f"{self.count}@{self.lo!r}-{self.hi!r}" if self.mines else "none"  # repr: exact round trip
+        p = "p" if self.pct else ""
+        spec = (
+            f"{self.count}@{p}{self.lo!r}-{p}{self.hi!r}" if self.mines else "none"
+        )  # repr: exact round trip
         return f"{epochs}:{spec}"
 
 
@@ -129,11 +165,15 @@ class Schedule:
             except ConfigError:
                 lines.append(f"  epoch {e:>3}: (not covered by the schedule)")
                 continue
-            what = (
-                f"{s.count} mined negatives per pair, cos(q, n) in [{s.lo:g}, {s.hi:g}]"
-                if s.mines
-                else "in-batch and memory-bank negatives only (no mining)"
-            )
+            if not s.mines:
+                what = "in-batch and memory-bank negatives only (no mining)"
+            elif s.pct:
+                what = (
+                    f"{s.count} mined negatives per pair, cos(q, n) between the p{s.lo:g} and p{s.hi:g} of the "
+                    "query-neighbour cosines (resolved when mining)"
+                )
+            else:
+                what = f"{s.count} mined negatives per pair, cos(q, n) in [{s.lo:g}, {s.hi:g}]"
             lines.append(f"  epoch {e:>3}: {what}")
         return "\n".join(lines)
 
@@ -154,8 +194,8 @@ def parse_stage(text: str) -> Stage:
     m = _STAGE.match(stage.replace(" ", ""))
     if not m:
         raise ConfigError(
-            f"mining schedule stage {stage!r} is not FIRST-LAST:none or FIRST-LAST:COUNT@LO-HI "
-            "(e.g. 6-10:8@0.82-0.92)"
+            f"mining schedule stage {stage!r} is not FIRST-LAST:none, FIRST-LAST:COUNT@LO-HI "
+            "(e.g. 6-10:8@0.82-0.92) or FIRST-LAST:COUNT@pLO-pHI (percentiles, e.g. 6-10:8@p90-p99)"
         )
     first = int(m["a"])
     last = int(m["b"]) if m["b"] is not None else first
@@ -171,19 +211,29 @@ def parse_stage(text: str) -> Stage:
     s = _SPEC.match(spec)
     if not s:
         raise ConfigError(
-            f"mining schedule stage {stage!r}: {m['spec']!r} is not 'none' or COUNT@LO-HI (e.g. 16@0.84-0.96)"
+            f"mining schedule stage {stage!r}: {m['spec']!r} is not 'none', COUNT@LO-HI (e.g. 16@0.84-0.96) "
+            "or COUNT@pLO-pHI (e.g. 8@p90-p99)"
         )
     count = int(s["n"])
     lo, hi = _number(s["lo"], "LO", stage), _number(s["hi"], "HI", stage)
     if count < 0:
         raise ConfigError(f"mining schedule stage {stage!r}: the negative count must be >= 0, got {count}")
-    if not (-1.0 <= lo <= 1.0 and -1.0 <= hi <= 1.0):
+    if bool(s["p"]) != bool(s["q"]):
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: give both ends as percentiles (8@p90-p99) or both as cosines"
+        )
+    pct = bool(s["p"])
+    if pct and not (0.0 <= lo <= 100.0 and 0.0 <= hi <= 100.0):
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: percentiles must lie in [0, 100], got {lo:g}-{hi:g}"
+        )
+    if not pct and not (-1.0 <= lo <= 1.0 and -1.0 <= hi <= 1.0):
         raise ConfigError(f"mining schedule stage {stage!r}: cosines must lie in [-1, 1], got {lo:g}-{hi:g}")
     if lo >= hi:
         raise ConfigError(f"mining schedule stage {stage!r}: the window {lo:g}-{hi:g} is empty (LO >= HI)")
     if count == 0:
         return Stage(first, last)
-    return Stage(first, last, count, lo, hi)
+    return Stage(first, last, count, lo, hi, pct)
 
 
 def parse_schedule(text: str | Schedule | None) -> Schedule:
@@ -280,6 +330,60 @@ class NegativeStore:
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (scores, ids)
 Vectors = Callable[[np.ndarray], np.ndarray]  # rows -> float32 [len(rows), d] document vectors
+
+
+def _candidates(q, pos, article_of_row, search: Search, doc_vectors: Vectors, k: int, near_dup: float):
+    """Top-``k`` candidates of each query and the safety rules over them (``_apply_rules`` without a window):
+    (scores, ids, valid, (positive, same_article, near_dup) masks [b, k])."""
+    scores, ids = search(q, k)
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    rules, _, _ = _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup, -1.0, 1.0)
+    return scores, ids, ids >= 0, rules[:3]
+
+
+def neighbour_cosines(
+    queries: np.ndarray,
+    positives: np.ndarray,
+    article_of_row: np.ndarray,
+    search: Search,
+    doc_vectors: Vectors,
+    k: int,
+    near_dup: float = NEAR_DUP_COS,
+    sample: int = PERCENTILE_SAMPLE,
+    seed: int = 0,
+) -> np.ndarray:
+    """The query-neighbour cosine distribution: cos(q, n) for the top-``k`` neighbours n of up to ``sample``
+    queries that pass the safety rules (not the positive, not the query's article, not a near-duplicate)."""
+    queries = np.asarray(queries, dtype=np.float32)
+    positives = np.asarray(positives, dtype=np.int64)
+    idx = np.arange(len(queries))
+    if len(idx) > sample:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), sample, replace=False))
+    scores, _, valid, rules = _candidates(
+        np.ascontiguousarray(queries[idx]), positives[idx], article_of_row, search, doc_vectors, k, near_dup
+    )
+    keep = valid & ~(rules[0] | rules[1] | rules[2])
+    return scores[keep]
+
+
+def resolve_stage(stage: Stage, queries, positives, article_of_row, search, doc_vectors, candidate_factor,
+                  near_dup: float = NEAR_DUP_COS, seed: int = 0) -> tuple[Stage, dict[str, Any]]:  # fmt: skip
+    """A percentile stage resolved to cosines on these queries (others unchanged), and what it was resolved
+    from: {"percentiles", "window", "n_cosines", "candidate_factor"}."""
+    factor = stage.factor(candidate_factor)
+    if not stage.pct or not stage.mines:
+        return stage, {"candidate_factor": factor}
+    cos = neighbour_cosines(
+        queries, positives, article_of_row, search, doc_vectors, factor * stage.count, near_dup, seed=seed
+    )
+    resolved = stage.resolve(cos)
+    return resolved, {
+        "percentiles": [stage.lo, stage.hi],
+        "window": [resolved.lo, resolved.hi],
+        "n_cosines": int(cos.size),
+        "candidate_factor": factor,
+    }
 
 
 def mine_negatives(
@@ -396,9 +500,35 @@ def _fill_rows(out: np.ndarray, ids, scores, good, spare, count: int) -> np.ndar
 def format_mining_stats(stats: dict[str, Any]) -> str:
     """One line for train.log: what mining kept, dropped by each rule, padded, and the mean kept cosine."""
     lo, hi = stats["window"]
+    pct = stats.get("percentiles")
+    frm = f" (p{pct[0]:g}-p{pct[1]:g} of {stats['n_cosines']} query-neighbour cosines)" if pct else ""
     return (
-        f"mined {stats['count']}@{lo:g}-{hi:g} for {stats['pairs']} pairs: kept {stats['kept']}, "
+        f"mined {stats['count']}@{lo:.4g}-{hi:.4g}{frm} for {stats['pairs']} pairs: kept {stats['kept']}, "
         f"padded {stats['padded']}, missing {stats['missing']}; dropped positive {stats['dropped_positive']}, "
         f"same_article {stats['dropped_same_article']}, near_dup {stats['dropped_near_dup']}, "
         f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}"
     )
+
+
+# ------------------------------------------------------------------------------ in-article negatives
+def article_negative_rows(
+    article_codes: np.ndarray, target_rows: np.ndarray, n_context: np.ndarray, offsets
+) -> np.ndarray:
+    """[B, K] bank rows of each window's in-article hard negatives (-1 where there is none).
+
+    For a window whose target is row ``t`` with ``n`` real context rows ``t-n .. t-1``, offset ``k > 0`` is
+    row ``t + k`` and ``k < 0`` row ``t - n + k`` (the |k|-th chunk before the window); a row outside the
+    bank or in another article is -1. Context and target rows are never chosen (0 is not an offset). The
+    loss then masks near-duplicates of the target (``losses.near_duplicates``), the same rule as InfoNCE's.
+    """
+    codes = np.asarray(article_codes)
+    t = np.asarray(target_rows, dtype=np.int64)[:, None]
+    n = np.asarray(n_context, dtype=np.int64)[:, None]
+    k = np.asarray(list(offsets), dtype=np.int64)[None, :]
+    if (k == 0).any():
+        raise ConfigError("in-article negative offsets must be non-zero (offset 0 is the target itself)")
+    rows = np.where(k > 0, t + k, t - n + k)
+    inside = (rows >= 0) & (rows < len(codes))
+    same = np.zeros_like(inside)
+    same[inside] = codes[rows[inside]] == np.broadcast_to(codes[t], rows.shape)[inside]
+    return np.where(inside & same, rows, -1)

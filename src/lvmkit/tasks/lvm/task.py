@@ -29,6 +29,7 @@ from lvmkit.data.splits import Split
 from lvmkit.data.windows import WindowBatch, WindowSet
 from lvmkit.errors import ArtifactError
 from lvmkit.eval.evaluator import evaluate
+from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
 from lvmkit.models.experts import balance_term
@@ -50,23 +51,26 @@ class LVMStep(nn.Module):
         accepts = inspect.signature(loss_fn.forward).parameters
         self.takes_negatives = "extra_negatives" in accepts and "extra_article_ids" in accepts
 
-    def forward(self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
+    def forward(
+        self, ctx: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, article: torch.Tensor, **rows
+    ):
+        """``rows``: the in-article negatives (``row_negatives``, ``row_valid``) when the loss uses them."""
         pred = self.model(ctx, mask)
-        total, parts = self._loss(pred, target, article)
+        total, parts = self._loss(pred, target, article, rows)
         balance = balance_term(self.model)  # lane experts' load-balance term (lvmkit.models.experts)
         if balance is not None:
             total, parts = total + balance, {**parts, "balance": balance.detach()}
         return total, parts
 
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor, article: torch.Tensor):
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, article: torch.Tensor, rows: dict):
         if self.takes_negatives:
             gathered = D.gather_negatives(target, article)  # None unless running under DDP
             if gathered is not None:
                 total, parts = self.loss_fn(
-                    pred, target, article, extra_negatives=gathered[0], extra_article_ids=gathered[1]
+                    pred, target, article, extra_negatives=gathered[0], extra_article_ids=gathered[1], **rows
                 )
                 return total, {**parts, "gathered_negatives": float(gathered[0].shape[0])}
-        return self.loss_fn(pred, target, article)
+        return self.loss_fn(pred, target, article, **rows)
 
 
 class LVMTask(SamplerEpochs):
@@ -108,6 +112,7 @@ class LVMTask(SamplerEpochs):
         sets = LVM_SPEC.query_sets(cfg, bank, split)
         train, val, test = sets.train, sets.val, sets.test
         model = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
+        tune_anchor(model, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
         loss_fn = build_loss(cfg.loss, dim=bank.dim)
         task = cls(cfg, bank, split, train, val, test, model, loss_fn, dist)
         if dist.is_main:
@@ -138,8 +143,29 @@ class LVMTask(SamplerEpochs):
         return len(batch)
 
     def loss(self, batch: WindowBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        total, parts = self._forward(batch.ctx, batch.mask, batch.target, batch.article)
+        rows = self.article_negatives(batch)
+        total, parts = self._forward(batch.ctx, batch.mask, batch.target, batch.article, **rows)
         return total, {k: float(v) for k, v in parts.items() if k != "total"}  # the loop logs the total
+
+    def article_negatives(self, batch: WindowBatch) -> dict[str, torch.Tensor]:
+        """The batch's in-article hard negatives (loss ``inarticle_offsets``): {} when the loss has none."""
+        offsets = self.loss_fn.spec.inarticle_offsets
+        if not offsets:
+            return {}
+        from lvmkit.train.mining import article_negative_rows
+
+        rows = article_negative_rows(
+            self.bank.article_codes,
+            batch.target_ids.cpu().numpy(),
+            batch.mask.sum(dim=1).cpu().numpy(),
+            offsets,
+        )
+        vectors = self.bank.get(np.where(rows >= 0, rows, 0).ravel()).reshape(*rows.shape, self.bank.dim)
+        device = batch.target.device
+        return {
+            "row_negatives": torch.as_tensor(vectors, dtype=torch.float32, device=device),
+            "row_valid": torch.as_tensor(rows >= 0, device=device),
+        }
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Full-bank retrieval metrics of the model on the fixed val windows, copy_last's beside them."""

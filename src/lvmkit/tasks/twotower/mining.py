@@ -11,7 +11,7 @@ from torch import nn
 
 from lvmkit.data.windows import WindowSet
 from lvmkit.train import distributed as D
-from lvmkit.train.mining import NegativeStore, Stage, mine_negatives
+from lvmkit.train.mining import NegativeStore, Stage, mine_negatives, resolve_stage
 
 
 @torch.no_grad()
@@ -34,19 +34,20 @@ def mine_epoch(
     rank, world = dist.rank, dist.world_size
     mine_idx = np.arange(rank, len(train), world)
     queries = encode_windows(query, train, mine_idx, batch_size, dist.device)
+    rule_args = (train.targets[mine_idx], train.bank.article_codes, lambda q, k: docs.search(q, k), docs.get)
+    # a percentile window (8@p90-p99) becomes cosines of this epoch's query-neighbour distribution
+    stage, resolved = resolve_stage(stage, queries, *rule_args, candidate_factor, near_dup, seed=epoch)
     ids, stats = mine_negatives(
         queries,
         pair_ids[mine_idx],
-        train.targets[mine_idx],
-        train.bank.article_codes,
-        lambda q, k: docs.search(q, k),
-        docs.get,
+        *rule_args,
         stage.count,
         stage.lo,
         stage.hi,
         near_dup=near_dup,
-        candidate_factor=candidate_factor,
+        candidate_factor=resolved.pop("candidate_factor"),
     )
+    stats.update(resolved)
     mined_ids = pair_ids[mine_idx]
     if world > 1:
         shares: list[Any] = [None] * world

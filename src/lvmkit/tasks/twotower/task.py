@@ -47,6 +47,7 @@ from lvmkit.bank.bank import VectorBank
 from lvmkit.data.splits import Split
 from lvmkit.data.windows import WindowSet
 from lvmkit.eval.evaluator import EvalResult
+from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import VectorQueue
 from lvmkit.models import build_model, describe
 from lvmkit.models.towers import build_doc_tower
@@ -116,6 +117,7 @@ class TwoTowerTask(SamplerEpochs):
         train, pair_ids = sets.train, sets.ids("train")
         val, test = sets.val, sets.test
         query = build_model(cfg.model.name, bank.dim, delta=cfg.model.delta, **cfg.model.kwargs)
+        tune_anchor(query, val, bank, seed=cfg.seed)  # anchor blend / mix with anchor_w null: chosen on val
         doc = build_doc_tower(tt.doc_tower, bank.dim, **tt.doc_options())
         task = cls(cfg, tt, bank, split, train, pair_ids, val, test, query, doc, dist, run)
         if dist.is_main:
