@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_lanes import topic_bank
 from typer.testing import CliRunner
 
 from lvmkit.data.splits import make_split
@@ -11,7 +12,6 @@ from lvmkit.data.windows import make_windows
 from lvmkit.diagnose.findings import Diagnosis
 from lvmkit.diagnose.lanes import diagnose_lanes, per_lane_hits
 from lvmkit.lanes import assign_lanes, chunk_article_lanes, chunk_lanes, fit_lane_classifier
-from tests.test_lanes import topic_bank
 
 
 @pytest.fixture
