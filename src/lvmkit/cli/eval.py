@@ -3,75 +3,113 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from lvmkit.cli.common import console, err_console, make_progress
 
 EXIT_GATES_FAILED = 1
+DEFAULT_LATENCY_N = 200  # --latency-n's default; a cascade left at it times what its config says
 
 
-def eval_command(
-    target: str = typer.Argument(
-        ...,
+TargetArg = Annotated[
+    str,
+    typer.Argument(
         help="A run directory, a checkpoint (.pt), baseline:NAME (copy_last, mean_ctx, exp_weighted, "
         "ridge, blend, oracle), or a cascade config (.yaml: per-stage Contain@K, R@k, latency, ablation).",
         show_default=False,
     ),
-    bank: Path | None = typer.Option(
-        None,
+]
+BankOpt = Annotated[
+    Path | None,
+    typer.Option(
         "--bank",
         "-b",
         help="The bank to search (its full set of chunks). Default for a run directory: the bank it was "
         "trained on (its config.yaml); required for a checkpoint or a baseline.",
         show_default=False,
     ),
-    split: str = typer.Option(
-        "test", "--split", help="Which split's windows are the queries: train, val, test."
+]
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="Which split's windows are the queries: train, val, test.")
+]
+IndexOpt = Annotated[
+    str,
+    typer.Option(
+        "--index", help="flat (exact), or the bank's stored ivf / hnsw index. Default: the bank's own."
     ),
-    index: str = typer.Option(
-        None, "--index", help="flat (exact), or the bank's stored ivf / hnsw index. Default: the bank's own."
-    ),
-    nprobe: int = typer.Option(None, "--nprobe", help="IVF nprobe (HNSW efSearch) for this evaluation."),
-    gates: Path = typer.Option(
-        None,
+]
+NprobeOpt = Annotated[int, typer.Option("--nprobe", help="IVF nprobe (HNSW efSearch) for this evaluation.")]
+GatesOpt = Annotated[
+    Path,
+    typer.Option(
         "--gates",
         help="YAML/JSON gates, e.g. {hit@5: {min: 0.4}, p95_ms: {max: 1.45}}: exit 1 if one fails.",
     ),
-    out: Path = typer.Option(
-        None,
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
         "--out",
         "-o",
         help="Where metrics.json / metrics.md go (default RUN/eval-SPLIT, or ./eval-...).",
     ),
-    no_exclude_context: bool = typer.Option(
-        False, "--no-exclude-context", help="Leave the window's own context chunks among the candidates."
-    ),
-    max_queries: int = typer.Option(
-        None,
+]
+NoExcludeContextOpt = Annotated[
+    bool,
+    typer.Option("--no-exclude-context", help="Leave the window's own context chunks among the candidates."),
+]
+MaxQueriesOpt = Annotated[
+    int,
+    typer.Option(
         "--max-queries",
         help="Evaluate a seeded sample of at most N windows (default: the run's cap / 10,000).",
     ),
-    split_file: Path = typer.Option(
-        None, "--split-file", help="A split.json to use instead of the run's own (must match the bank)."
-    ),
-    ctx: int = typer.Option(5, "--ctx", help="Context length for a baseline (a run uses its own)."),
-    latency_n: int = typer.Option(
-        200, "--latency-n", help="Requests timed at batch size 1 (0 = skip latency)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of a baseline's split and query sample."),
-    protocol: str = typer.Option(
-        None,
+]
+SplitFileOpt = Annotated[
+    Path,
+    typer.Option("--split-file", help="A split.json to use instead of the run's own (must match the bank)."),
+]
+CtxOpt = Annotated[int, typer.Option("--ctx", help="Context length for a baseline (a run uses its own).")]
+LatencyNOpt = Annotated[
+    int, typer.Option("--latency-n", help="Requests timed at batch size 1 (0 = skip latency).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of a baseline's split and query sample.")]
+ProtocolOpt = Annotated[
+    str,
+    typer.Option(
         "--protocol",
         help="open: the whole bank is searched, the article unknown. in-article: the article is known and the "
         "candidates are its chunks outside the context (an easier task; never compare with open numbers). "
         "Default open (a cascade: its config's).",
     ),
-    head: str = typer.Option(
-        None,
+]
+HeadOpt = Annotated[
+    str,
+    typer.Option(
         "--head",
         help="Apply an alignment head fitted by `lvmkit align RUN` to the run's prediction: ridge or procrustes.",
     ),
+]
+
+
+def eval_command(
+    target: TargetArg,
+    bank: BankOpt = None,
+    split: SplitOpt = "test",
+    index: IndexOpt = None,
+    nprobe: NprobeOpt = None,
+    gates: GatesOpt = None,
+    out: OutOpt = None,
+    no_exclude_context: NoExcludeContextOpt = False,
+    max_queries: MaxQueriesOpt = None,
+    split_file: SplitFileOpt = None,
+    ctx: CtxOpt = 5,
+    latency_n: LatencyNOpt = DEFAULT_LATENCY_N,
+    seed: SeedOpt = 0,
+    protocol: ProtocolOpt = None,
+    head: HeadOpt = None,
 ) -> None:
     """Score a run, checkpoint or baseline by full-bank search, beside every baseline.
 
@@ -85,15 +123,50 @@ def eval_command(
     from lvmkit.cli.cascade import eval_cascade, is_cascade
 
     if is_cascade(target):
-        kw = {"max_queries": max_queries, "protocol": protocol}
-        eval_cascade(target, gates=gates, out=out, latency_n=None if latency_n == 200 else latency_n, **kw)
+        cascade_latency_n = None if latency_n == DEFAULT_LATENCY_N else latency_n
+        eval_cascade(
+            target,
+            gates=gates,
+            out=out,
+            max_queries=max_queries,
+            latency_n=cascade_latency_n,
+            protocol=protocol,
+        )
         return
-    from rich.markup import escape
-    from rich.table import Table
+    outcome = _run_with_progress(
+        target,
+        bank if bank is not None else run_bank(target),
+        split=split,
+        index=index,
+        nprobe=nprobe,
+        gates=gates,
+        out=out,
+        exclude_context=not no_exclude_context,
+        max_queries=max_queries,
+        split_file=split_file,
+        ctx=ctx,
+        split_seed=seed,
+        latency_n=latency_n,
+        seed=seed,
+        protocol=protocol or "open",
+        head=head,
+    )
+    _print_outcome(outcome)
+    _exit_if_gates_failed(outcome)
 
+
+def _run_with_progress(target: str, bank: Path, **options):
+    """``run_eval`` under a transient progress display: one bar per stage, the predictors of the suite counted."""
     from lvmkit.eval.command import run_eval
 
     progress = make_progress(transient=True)
+    with progress:
+        return run_eval(target, bank, progress=_progress_callback(progress), **options)
+
+
+def _progress_callback(progress):
+    """``run_eval``'s progress(stage, done, total) drawn on ``progress``; the suite evaluates one predictor
+    after another, each starting its count over, so "evaluating" is relabelled "evaluating predictor N"."""
     tasks: dict[str, int] = {}
     last_done = {"evaluating": 0}
     counter = {"model": 0}
@@ -109,28 +182,28 @@ def eval_command(
         desc = f"evaluating predictor {counter['model']}" if stage == "evaluating" else stage
         progress.update(tasks[stage], completed=done, total=total, description=desc)
 
-    if bank is None:
-        bank = run_bank(target)
-    with progress:
-        outcome = run_eval(
-            target,
-            bank,
-            split=split,
-            index=index,
-            nprobe=nprobe,
-            gates=gates,
-            out=out,
-            exclude_context=not no_exclude_context,
-            max_queries=max_queries,
-            split_file=split_file,
-            ctx=ctx,
-            split_seed=seed,
-            latency_n=latency_n,
-            seed=seed,
-            progress=on_progress,
-            protocol=protocol or "open",
-            head=head,
-        )
+    return on_progress
+
+
+def _print_outcome(outcome) -> None:
+    """What was scored, the results table beside the baselines, the comparisons, latency, gates and files."""
+    from rich.markup import escape
+
+    _print_heading(outcome)
+    console.print(results_table(outcome.suite, outcome.target.name, outcome.columns))
+    print_comparisons(outcome.suite)
+    for name, why in outcome.suite.skipped.items():
+        err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
+    if outcome.latency is not None:
+        _print_latency(outcome.target.name, outcome.latency)
+    if outcome.gates is not None:
+        console.print(_gates_table(outcome.gates))
+    console.print(f"wrote {outcome.metrics_json} and {outcome.metrics_md}")
+
+
+def _print_heading(outcome) -> None:
+    """The model, the queries, the bank and the protocol; a warning when the run is still training."""
+    from rich.markup import escape
 
     info = outcome.info
     console.print(
@@ -142,27 +215,29 @@ def eval_command(
             f"[yellow]{escape(str(outcome.target.spec))} is {escape(outcome.target.live)}: these are the numbers "
             f"of its {outcome.target.checkpoint.name} now, and they will change[/yellow]"
         )
-    console.print(results_table(outcome.suite, outcome.target.name, outcome.columns))
-    print_comparisons(outcome.suite)
-    for name, why in outcome.suite.skipped.items():
-        err_console.print(f"[yellow]{escape(name)} skipped: {escape(why)}[/yellow]")
-    if outcome.latency is not None:
-        lat = outcome.latency
-        console.print(
-            f"latency of {outcome.target.name} (batch 1, forward + search): P50 {lat.p50_ms:.2f} ms, "
-            f"P95 {lat.p95_ms:.2f} ms, P99 {lat.p99_ms:.2f} ms; {lat.qps:,.0f} queries/s batched"
-        )
-    if outcome.gates is not None:
-        gt = Table(title="gates", show_lines=False)
-        for col in ("metric", "value", "bound", "held"):
-            gt.add_column(col, justify="right" if col == "value" else "left")
-        for r in outcome.gates.rows:
-            value = "missing" if r.value is None else f"{r.value:.4g}"
-            gt.add_row(
-                r.metric, value, r.bound, "[green]yes[/green]" if r.held else "[bold red]no[/bold red]"
-            )
-        console.print(gt)
-    console.print(f"wrote {outcome.metrics_json} and {outcome.metrics_md}")
+
+
+def _print_latency(name: str, lat) -> None:
+    console.print(
+        f"latency of {name} (batch 1, forward + search): P50 {lat.p50_ms:.2f} ms, "
+        f"P95 {lat.p95_ms:.2f} ms, P99 {lat.p99_ms:.2f} ms; {lat.qps:,.0f} queries/s batched"
+    )
+
+
+def _gates_table(report):
+    """A rich table of a gate report: metric, value, bound and whether it held (no in bold red)."""
+    from rich.table import Table
+
+    gt = Table(title="gates", show_lines=False)
+    for col in ("metric", "value", "bound", "held"):
+        gt.add_column(col, justify="right" if col == "value" else "left")
+    for r in report.rows:
+        value = "missing" if r.value is None else f"{r.value:.4g}"
+        gt.add_row(r.metric, value, r.bound, "[green]yes[/green]" if r.held else "[bold red]no[/bold red]")
+    return gt
+
+
+def _exit_if_gates_failed(outcome) -> None:
     if not outcome.ok:
         err_console.print(
             f"[bold red]{len(outcome.gates.failed)} of {len(outcome.gates.rows)} gates failed[/bold red]"
