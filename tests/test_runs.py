@@ -197,3 +197,12 @@ def test_detached_training_run_then_status_and_list(make_bank, tmp_path, monkeyp
     # a second --detach into the same directory is refused before anything starts
     res = runner.invoke(app, ["train", "--out", str(out), "--detach", *[f"--set={s}" for s in sets]])
     assert res.exit_code == 2 and "already holds a run" in res.output
+
+
+def test_runs_api_summary_shows_every_progress_field():
+    """The API's run summary is the library's progress fields plus name, state, alive and has_report: a field
+    added to one side only fails here (serve.runs.summary_out passes RunSummary.progress() through)."""
+    from lvmkit.serve.schemas import RunSummaryOut
+    from lvmkit.train.runs import PROGRESS_FIELDS
+
+    assert set(RunSummaryOut.model_fields) == set(PROGRESS_FIELDS) | {"name", "state", "alive", "has_report"}

@@ -19,12 +19,14 @@ What is measured, on seeded samples so it stays fast on a 10 M-row bank:
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 
 from lvmkit.bank.bank import VectorBank
 from lvmkit.bank.checks import ingest_command, scan_vectors
-from lvmkit.diagnose.findings import Diagnosis, info, judge
+from lvmkit.diagnose.findings import Diagnosis, Finding, info, judge
 from lvmkit.errors import ConfigError
 
 MEAN_COS_WARN = 0.10
@@ -96,123 +98,149 @@ def diagnose_bank(
         )
     n = len(bank)
     d = Diagnosis("bank", str(bank.path))
-    d.stats.update(
-        chunks=n,
-        articles=bank.n_articles,
-        dim=bank.dim,
-        dtype=str(bank.vectors.dtype),
-        encoder=bank.encoder.describe(),
-        bank_id=bank.manifest.bank_id,
-        index=(bank.manifest.index or {}).get("type", "none (exact search)"),
-    )
-    if check == "full":
-        problem, checked = scan_vectors(bank, "full")
-        d.add(
-            judge(
-                "vector_scan",
-                int(problem is not None),
-                fail_above=0,
-                ok=f"all {checked:,} rows finite, norms as the manifest says",
-                fail=f"{problem}: rebuild the bank with {ingest_command(bank.path, bank.manifest)}",
-            )
-        )
-    elif check != "sample":
-        raise ConfigError(f"--check {check!r} is not known; use sample or full")
+    d.stats.update(_bank_stats(bank))
+    for finding in _vector_scan(bank, check):
+        d.add(finding)
     if n < 2:
         d.add(judge("chunks", n, warn_below=2, warn="a bank needs at least 2 chunks to diagnose"))
         return d
-
-    # --- norms
-    rows = sample_rows(n, sample, seed)
-    x = np.asarray(bank.get(rows), dtype=np.float32)
+    x = np.asarray(bank.get(sample_rows(n, sample, seed)), dtype=np.float32)
     finite = np.isfinite(x).all(axis=1)
+    _record(d, "norms", _norms(bank, x, finite))
+    _record(d, "anisotropy", _anisotropy(x[finite], mean_cos_warn))
+    _record(
+        d, "near_duplicates", _near_duplicates(bank, sample_rows(n, dup_sample, seed + 1), dup_thresholds)
+    )
+    _record(d, "chunks_per_article", _chunk_counts(bank, ctx))
+    return d
+
+
+Step = tuple[dict[str, Any], list[Finding]]  # one check's stats (d.stats[key]) and its findings, in order
+
+
+def _record(d: Diagnosis, key: str, step: Step) -> None:
+    stats, findings = step
+    d.stats[key] = stats
+    for finding in findings:
+        d.add(finding)
+
+
+def _bank_stats(bank: VectorBank) -> dict[str, Any]:
+    """What the bank is: sizes, dtype, encoder, id and index type."""
+    return {
+        "chunks": len(bank),
+        "articles": bank.n_articles,
+        "dim": bank.dim,
+        "dtype": str(bank.vectors.dtype),
+        "encoder": bank.encoder.describe(),
+        "bank_id": bank.manifest.bank_id,
+        "index": (bank.manifest.index or {}).get("type", "none (exact search)"),
+    }
+
+
+def _vector_scan(bank: VectorBank, check: str) -> list[Finding]:
+    """``check="full"``: every row checked for NaN, Inf and norm outliers; ``"sample"``: nothing here."""
+    if check == "sample":
+        return []
+    if check != "full":
+        raise ConfigError(f"--check {check!r} is not known; use sample or full")
+    problem, checked = scan_vectors(bank, "full")
+    return [
+        judge(
+            "vector_scan",
+            int(problem is not None),
+            fail_above=0,
+            ok=f"all {checked:,} rows finite, norms as the manifest says",
+            fail=f"{problem}: rebuild the bank with {ingest_command(bank.path, bank.manifest)}",
+        )
+    ]
+
+
+def _norms(bank: VectorBank, x: np.ndarray, finite: np.ndarray) -> Step:
+    """Norms of the sampled vectors: bad (non-finite or zero) vectors fail; off-unit norms fail when the
+    manifest says L2-normalised, warn otherwise."""
     norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
-    d.stats["norms"] = {
-        "sampled": len(rows),
+    stats = {
+        "sampled": len(x),
         "min": float(norms.min()),
         "mean": float(norms.mean()),
         "max": float(norms.max()),
     }
     bad = int((~finite).sum() + (norms[finite] < 1e-6).sum())
-    d.add(
-        judge(
-            "bad_vectors",
-            bad,
-            fail_above=0,
-            ok=f"all {len(rows)} sampled vectors finite and non-zero",
-            fail=f"{bad} of {len(rows)} sampled vectors are NaN/inf or zero: re-encode those chunks",
-        )
+    bad_vectors = judge(
+        "bad_vectors",
+        bad,
+        fail_above=0,
+        ok=f"all {len(x)} sampled vectors finite and non-zero",
+        fail=f"{bad} of {len(x)} sampled vectors are NaN/inf or zero: re-encode those chunks",
     )
     dev = float(np.abs(norms[finite] - 1).max()) if finite.any() else float("nan")
     if bank.encoder.normalized:
         tol = 2e-2 if bank.vectors.dtype == np.float16 else 1e-3
-        d.add(
-            judge(
-                "norm_deviation",
-                dev,
-                fail_above=tol,
-                ok=f"unit norms ({norms.min():.4f}..{norms.max():.4f}): inner product = cosine",
-                fail=f"the manifest says L2-normalised but norms range {norms.min():.4f}..{norms.max():.4f}",
-            )
+        deviation = judge(
+            "norm_deviation",
+            dev,
+            fail_above=tol,
+            ok=f"unit norms ({norms.min():.4f}..{norms.max():.4f}): inner product = cosine",
+            fail=f"the manifest says L2-normalised but norms range {norms.min():.4f}..{norms.max():.4f}",
         )
     else:
-        d.add(
-            judge(
-                "norm_deviation",
-                dev,
-                warn_above=1e-3,
-                ok="unit norms",
-                warn=f"unnormalised vectors (norms {norms.min():.3f}..{norms.max():.3f}): search ranks by inner "
-                "product, so long vectors win regardless of direction; re-encode with normalisation",
-            )
+        deviation = judge(
+            "norm_deviation",
+            dev,
+            warn_above=1e-3,
+            ok="unit norms",
+            warn=f"unnormalised vectors (norms {norms.min():.3f}..{norms.max():.3f}): search ranks by inner "
+            "product, so long vectors win regardless of direction; re-encode with normalisation",
         )
+    return stats, [bad_vectors, deviation]
 
-    # --- anisotropy: mean pairwise cosine, raw and centred
-    xf = x[finite]
+
+def _anisotropy(xf: np.ndarray, mean_cos_warn: float) -> Step:
+    """Mean pairwise cosine of the finite sampled vectors, raw and centred, and the top PC's variance share."""
     mean_cos, std_cos = mean_pairwise_cosine(xf)
     mu = _unit(xf).mean(axis=0)
     centred_cos, _ = mean_pairwise_cosine(_unit(xf) - mu)
     sv = np.linalg.svd(_unit(xf) - mu, compute_uv=False) if len(xf) > 1 else np.zeros(1)
     top_pc = float(sv[0] ** 2 / max(float((sv**2).sum()), 1e-12))
-    d.stats["anisotropy"] = {
+    stats = {
         "mean_cos": mean_cos,
         "std_cos": std_cos,
         "mean_cos_centred": centred_cos,
         "mean_vector_norm": float(np.linalg.norm(mu)),
         "top_pc_variance_share": top_pc,
     }
-    d.add(
-        judge(
-            "mean_pairwise_cos",
-            mean_cos,
-            warn_above=mean_cos_warn,
-            warn_below=-mean_cos_warn,
-            ok=f"random pairs are nearly orthogonal (std {std_cos:.3f})",
-            warn=f"random pairs share a common direction (|mean cos| > {mean_cos_warn:g}; mean vector length "
-            f"{np.linalg.norm(mu):.3f}); centering brings it to {centred_cos:+.3f}. Cosine losses can be lowered "
-            "by predicting the mean direction: center (subtract the train mean) or whiten the vectors, and "
-            "always read results beside the baselines",
-            details={"centred": centred_cos, "std": std_cos, "top_pc_variance_share": top_pc},
-        )
+    finding = judge(
+        "mean_pairwise_cos",
+        mean_cos,
+        warn_above=mean_cos_warn,
+        warn_below=-mean_cos_warn,
+        ok=f"random pairs are nearly orthogonal (std {std_cos:.3f})",
+        warn=f"random pairs share a common direction (|mean cos| > {mean_cos_warn:g}; mean vector length "
+        f"{np.linalg.norm(mu):.3f}); centering brings it to {centred_cos:+.3f}. Cosine losses can be lowered "
+        "by predicting the mean direction: center (subtract the train mean) or whiten the vectors, and "
+        "always read results beside the baselines",
+        details={"centred": centred_cos, "std": std_cos, "top_pc_variance_share": top_pc},
     )
+    return stats, [finding]
 
-    # --- near duplicates against the whole bank
-    drows = sample_rows(n, dup_sample, seed + 1)
+
+def _near_duplicates(bank: VectorBank, drows: np.ndarray, thresholds: tuple[float, ...]) -> Step:
+    """Share of the sampled rows ``drows`` whose nearest other row of the whole bank is above each threshold."""
     best, best_row = nearest_other(bank.vectors, drows)
-    d.stats["near_duplicates"] = {"sampled": len(drows), "searched": n}
-    for t in dup_thresholds:
+    findings = []
+    for t in thresholds:
         hit = best > t
         rate = float(hit.mean())
         examples = [
             {"row": int(r), "other": int(o), "cos": float(c)}
             for r, o, c in zip(drows[hit][:3], best_row[hit][:3], best[hit][:3], strict=True)
         ]
-        warn_at = DUP_RATE_WARN.get(t, 0.01)
-        d.add(
+        findings.append(
             judge(
                 f"dup_rate@{t:g}",
                 rate,
-                warn_above=warn_at,
+                warn_above=DUP_RATE_WARN.get(t, 0.01),
                 ok=f"{int(hit.sum())} of {len(drows)} sampled chunks have another chunk at cos > {t:g}",
                 warn=f"{int(hit.sum())} of {len(drows)} sampled chunks ({100 * rate:.1f}%) have another chunk at "
                 f"cos > {t:g}: copies tie with the truth in retrieval and leak across splits; deduplicate at "
@@ -220,10 +248,13 @@ def diagnose_bank(
                 details={"count": int(hit.sum()), "examples": examples},
             )
         )
+    return {"sampled": len(drows), "searched": len(bank)}, findings
 
-    # --- per-article chunk counts
+
+def _chunk_counts(bank: VectorBank, ctx: int) -> Step:
+    """Per-article chunk counts and the share of articles too short for one window of ``ctx``."""
     lengths = np.diff(bank.article_starts)
-    d.stats["chunks_per_article"] = {
+    stats = {
         "articles": int(len(lengths)),
         "min": int(lengths.min()),
         "median": float(np.median(lengths)),
@@ -233,20 +264,18 @@ def diagnose_bank(
         "single_chunk": int((lengths == 1).sum()),
     }
     short = float((lengths < ctx + 1).mean())
-    d.add(
-        judge(
-            f"short_articles@ctx{ctx}",
-            short,
-            warn_above=SHORT_ARTICLES_WARN,
-            ok=f"chunks per article: median {np.median(lengths):g}, max {lengths.max()}; "
-            f"{100 * short:.1f}% of articles are too short for one window of ctx {ctx}",
-            warn=f"{100 * short:.1f}% of articles have fewer than {ctx + 1} chunks and give no window at ctx "
-            f"{ctx}: lower ctx, allow padded windows (data.min_ctx) or use longer chunks' articles",
-            details={"articles_too_short": int((lengths < ctx + 1).sum())},
-        )
+    short_articles = judge(
+        f"short_articles@ctx{ctx}",
+        short,
+        warn_above=SHORT_ARTICLES_WARN,
+        ok=f"chunks per article: median {np.median(lengths):g}, max {lengths.max()}; "
+        f"{100 * short:.1f}% of articles are too short for one window of ctx {ctx}",
+        warn=f"{100 * short:.1f}% of articles have fewer than {ctx + 1} chunks and give no window at ctx "
+        f"{ctx}: lower ctx, allow padded windows (data.min_ctx) or use longer chunks' articles",
+        details={"articles_too_short": int((lengths < ctx + 1).sum())},
     )
-    d.add(info("articles", int(len(lengths)), f"{n} chunks in {len(lengths)} articles"))
-    return d
+    articles = info("articles", int(len(lengths)), f"{len(bank)} chunks in {len(lengths)} articles")
+    return stats, [short_articles, articles]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -267,6 +267,145 @@ def _by_label(labels: np.ndarray, hit5: np.ndarray, cos: np.ndarray) -> list[dic
     return sorted(rows, key=lambda r: (-r["n"], r["label"]))
 
 
+def _check_args(ks, batch_size: int, ca_batch: int, n: int) -> tuple[int, ...]:
+    """The sorted distinct ks; refuses bad sizes and an empty window set."""
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"ks must be positive integers, got {ks}")
+    if batch_size < 1 or ca_batch < 2:
+        raise ConfigError(f"batch_size must be >= 1 and ca_batch >= 2, got {batch_size} and {ca_batch}")
+    if n == 0:
+        raise ConfigError(
+            "no windows to evaluate: the split is empty or every article is shorter than min_ctx"
+        )
+    return ks
+
+
+@dataclass
+class _Ranked:
+    """Every window's prediction, target, truth id and both rankings (context excluded / left in)."""
+
+    pred: np.ndarray
+    target: np.ndarray
+    truth: np.ndarray
+    excl: np.ndarray
+    noexcl: np.ndarray
+    used_nprobe: int | None
+
+
+def _rank_batch(
+    si, bank, windows, idx, p, depth: int, protocol: str, nprobe
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ranked with the context rows excluded, ranked with them left in) for one batch of predictions."""
+    ctx_rows = np.asarray(windows.context_rows(idx), dtype=np.int64)
+    if protocol == OPEN:
+        return rank_with_and_without(si, p, ctx_rows, depth, nprobe=nprobe)
+    arts = windows.article_of(idx)
+    return in_article_search(bank, p, arts, ctx_rows, depth)[1], in_article_search(
+        bank, p, arts, None, depth
+    )[1]
+
+
+def _predict_and_rank(
+    predictor, windows, bank, si, *, depth, protocol, nprobe, batch_size, progress, name
+) -> _Ranked:
+    """Predict every window batch by batch and rank each prediction; the index's nprobe is restored after."""
+    n = len(windows)
+    saved_nprobe = _nprobe_of(si)
+    preds, targets, target_ids, excl, noexcl = [], [], [], [], []
+    try:
+        with _Predict(predictor) as predict:
+            for idx in _batches(n, batch_size):
+                batch = windows.batch(idx)
+                p = predict(batch)
+                if p.shape != (len(idx), bank.dim):
+                    raise ConfigError(
+                        f"{name}: predictor returned shape {p.shape}, expected ({len(idx)}, {bank.dim})"
+                    )
+                e, ne = _rank_batch(si, bank, windows, idx, p, depth, protocol, nprobe)
+                preds.append(p)
+                targets.append(_numpy(batch.target).astype(np.float32, copy=False))
+                target_ids.append(_numpy(batch.target_ids).astype(np.int64, copy=False))
+                excl.append(e)
+                noexcl.append(ne)
+                if progress is not None:
+                    progress(int(idx[-1]) + 1, n)
+        used_nprobe = _nprobe_of(si)
+    finally:
+        si.set_nprobe(saved_nprobe)
+    cat = np.concatenate
+    return _Ranked(cat(preds), cat(targets), cat(target_ids), cat(excl), cat(noexcl), used_nprobe)
+
+
+def _per_query(
+    r: _Ranked, ks, exclude_context: bool, codes, ca_batch: int, seed: int
+) -> dict[str, np.ndarray]:
+    """The per-window arrays behind every metric (hit@k in three forms, contain, mrr, cos, both CAs)."""
+    ranked = r.excl if exclude_context else r.noexcl
+    pq: dict[str, np.ndarray] = {}
+    for k in sorted(set(ks) | {5}):
+        pq[f"hit@{k}"] = M.hit_at_k(ranked, r.truth, k)
+        pq[f"hit@{k}_excl"] = M.hit_at_k(r.excl, r.truth, k)
+        pq[f"hit@{k}_noexcl"] = M.hit_at_k(r.noexcl, r.truth, k)
+    pq[f"contain@{CONTAIN_K}"] = M.contain_at_k(ranked, r.truth, CONTAIN_K)
+    pq[f"mrr@{MRR_K}"] = M.mrr_at_k(ranked, r.truth, MRR_K)
+    pq["cos"] = M.mean_cosine(r.pred, r.target)
+    pq["ca_inbatch"], pq["ca_other"] = _contrastive(r.pred, r.target, r.truth, codes, ca_batch, seed)
+    return pq
+
+
+def _metrics(pq: dict[str, np.ndarray], sweep) -> dict[str, float]:
+    """Each per-query array's mean (NaN when none is finite), eff@5 and the offset margin."""
+    metrics = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in pq.items()}
+    metrics["eff@5"] = M.eff_at_5(pq["hit@5"], pq[f"contain@{CONTAIN_K}"])
+    metrics["offset_margin"] = sweep.margin
+    return metrics
+
+
+def _intervals(pq: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals, one set of query resamples for every rate ({} when n_boot is 0)."""
+    if n_boot <= 0:
+        return {}
+    ratios = {"eff@5": ("hit@5", f"contain@{CONTAIN_K}")}
+    return bootstrap_many(pq, ratios, n_boot=n_boot, seed=seed)
+
+
+def _label_rows(bank: VectorBank, truth: np.ndarray, pq: dict[str, np.ndarray], labels: bool) -> list[dict]:
+    """hit@5 and cos per target label ([] when asked not to, or when the bank has no labels)."""
+    if not labels:
+        return []
+    target_labels = bank.labels[truth]
+    if not any(x is not None for x in target_labels):
+        return []
+    return _by_label(target_labels, pq["hit@5"], pq["cos"])
+
+
+def _info(
+    bank, windows, si, r: _Ranked, sweep, codes, *, protocol, exclude_context, ks, ca_batch, n_boot, seed
+):
+    """What the numbers were measured on and how (``EvalResult.info``)."""
+    n = len(r.truth)
+    info = {
+        "protocol": protocol,
+        "n_queries": int(n),
+        "bank_size": len(bank),
+        "bank_id": bank.manifest.bank_id,
+        "encoder": bank.encoder.name,
+        "index": si.params.get("type") if protocol == OPEN else "exact",
+        "nprobe": r.used_nprobe if protocol == OPEN else None,
+        "exclude_context": bool(exclude_context),
+        "ks": list(ks),
+        "ca_batch": int(ca_batch),
+        "collapse": sweep.collapse,
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+    }
+    if protocol != OPEN:  # candidates per query: the article's chunks minus the real context rows
+        lengths = np.diff(bank.article_starts)[codes[r.truth]]
+        info["mean_candidates"] = float(np.mean(lengths - windows.n_real(np.arange(n))))
+    return info
+
+
 def evaluate(
     predictor,
     windows,
@@ -299,97 +438,43 @@ def evaluate(
                 exact search); see ``lvmkit.eval.protocol``. ``info["protocol"]`` names it.
     """
     check_protocol(protocol)
-    ks = tuple(sorted({int(k) for k in ks}))
-    if not ks or ks[0] < 1:
-        raise ConfigError(f"ks must be positive integers, got {ks}")
-    if batch_size < 1 or ca_batch < 2:
-        raise ConfigError(f"batch_size must be >= 1 and ca_batch >= 2, got {batch_size} and {ca_batch}")
-    n = len(windows)
-    if n == 0:
-        raise ConfigError(
-            "no windows to evaluate: the split is empty or every article is shorter than min_ctx"
-        )
+    ks = _check_args(ks, batch_size, ca_batch, len(windows))
     _check_windows(windows, bank)
     si = resolve_index(bank, index)
-    saved_nprobe = _nprobe_of(si)
     depth = max(*ks, CONTAIN_K, MRR_K)
-
-    preds, targets, target_ids, excl, noexcl = [], [], [], [], []
-    try:
-        with _Predict(predictor) as predict:
-            for idx in _batches(n, batch_size):
-                batch = windows.batch(idx)
-                p = predict(batch)
-                if p.shape != (len(idx), bank.dim):
-                    raise ConfigError(
-                        f"{name}: predictor returned shape {p.shape}, expected ({len(idx)}, {bank.dim})"
-                    )
-                ctx_rows = np.asarray(windows.context_rows(idx), dtype=np.int64)
-                if protocol == OPEN:
-                    e, ne = rank_with_and_without(si, p, ctx_rows, depth, nprobe=nprobe)
-                else:
-                    arts = windows.article_of(idx)
-                    e = in_article_search(bank, p, arts, ctx_rows, depth)[1]
-                    ne = in_article_search(bank, p, arts, None, depth)[1]
-                preds.append(p)
-                targets.append(_numpy(batch.target).astype(np.float32, copy=False))
-                target_ids.append(_numpy(batch.target_ids).astype(np.int64, copy=False))
-                excl.append(e)
-                noexcl.append(ne)
-                if progress is not None:
-                    progress(int(idx[-1]) + 1, n)
-        used_nprobe = _nprobe_of(si)
-    finally:
-        si.set_nprobe(saved_nprobe)
-    pred, target, truth = np.concatenate(preds), np.concatenate(targets), np.concatenate(target_ids)
-    ranked_excl, ranked_noexcl = np.concatenate(excl), np.concatenate(noexcl)
-    ranked = ranked_excl if exclude_context else ranked_noexcl
-
-    pq: dict[str, np.ndarray] = {}
-    for k in sorted(set(ks) | {5}):
-        pq[f"hit@{k}"] = M.hit_at_k(ranked, truth, k)
-        pq[f"hit@{k}_excl"] = M.hit_at_k(ranked_excl, truth, k)
-        pq[f"hit@{k}_noexcl"] = M.hit_at_k(ranked_noexcl, truth, k)
-    pq[f"contain@{CONTAIN_K}"] = M.contain_at_k(ranked, truth, CONTAIN_K)
-    pq[f"mrr@{MRR_K}"] = M.mrr_at_k(ranked, truth, MRR_K)
-    pq["cos"] = M.mean_cosine(pred, target)
+    r = _predict_and_rank(
+        predictor,
+        windows,
+        bank,
+        si,
+        depth=depth,
+        protocol=protocol,
+        nprobe=nprobe,
+        batch_size=batch_size,
+        progress=progress,
+        name=name,
+    )
     codes = np.asarray(bank.article_codes)
-    pq["ca_inbatch"], pq["ca_other"] = _contrastive(pred, target, truth, codes, ca_batch, seed)
-    sweep = M.offset_sweep(pred, bank.vectors, truth, codes)
-
-    metrics = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in pq.items()}
-    metrics["eff@5"] = M.eff_at_5(pq["hit@5"], pq[f"contain@{CONTAIN_K}"])
-    metrics["offset_margin"] = sweep.margin
-    intervals: dict[str, tuple[float, float]] = {}
-    if n_boot > 0:  # one set of query resamples for every rate
-        ratios = {"eff@5": ("hit@5", f"contain@{CONTAIN_K}")}
-        intervals = bootstrap_many(pq, ratios, n_boot=n_boot, seed=seed)
-
-    by_label = []
-    if labels:
-        target_labels = bank.labels[truth]
-        if any(x is not None for x in target_labels):
-            by_label = _by_label(target_labels, pq["hit@5"], pq["cos"])
-
-    info = {
-        "protocol": protocol,
-        "n_queries": int(n),
-        "bank_size": len(bank),
-        "bank_id": bank.manifest.bank_id,
-        "encoder": bank.encoder.name,
-        "index": si.params.get("type") if protocol == OPEN else "exact",
-        "nprobe": used_nprobe if protocol == OPEN else None,
-        "exclude_context": bool(exclude_context),
-        "ks": list(ks),
-        "ca_batch": int(ca_batch),
-        "collapse": sweep.collapse,
-        "n_boot": int(n_boot),
-        "seed": int(seed),
-    }
-    if protocol != OPEN:  # candidates per query: the article's chunks minus the real context rows
-        lengths = np.diff(bank.article_starts)[codes[truth]]
-        info["mean_candidates"] = float(np.mean(lengths - windows.n_real(np.arange(n))))
-    pq["offset_cos"] = sweep.cos
+    pq = _per_query(r, ks, exclude_context, codes, ca_batch, seed)
+    sweep = M.offset_sweep(r.pred, bank.vectors, r.truth, codes)
+    metrics = _metrics(pq, sweep)
+    intervals = _intervals(pq, n_boot, seed)
+    by_label = _label_rows(bank, r.truth, pq, labels)
+    info = _info(
+        bank,
+        windows,
+        si,
+        r,
+        sweep,
+        codes,
+        protocol=protocol,
+        exclude_context=exclude_context,
+        ks=ks,
+        ca_batch=ca_batch,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    pq["offset_cos"] = sweep.cos  # after the means: a per-offset array, not a per-query metric
     return EvalResult(name, metrics, intervals, info, sweep.to_dict(), by_label, pq)
 
 

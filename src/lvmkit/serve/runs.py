@@ -45,17 +45,8 @@ def summary_out(s) -> RunSummaryOut:
         name=s.path.name,
         state=s.display_state,
         alive=s.alive,
-        epoch=s.epoch,
-        epochs=s.epochs,
-        step=s.step,
-        best_metric=s.best_metric,
-        best_value=s.best_value,
-        best_epoch=s.best_epoch,
-        latest=s.latest,
-        windows_per_s=s.windows_per_s,
-        eta_s=s.eta_s,
-        message=s.message,
         has_report=any((s.path / f).is_file() for f in ("history.jsonl", "metrics.json", "config.yaml")),
+        **s.progress(),
     )
 
 

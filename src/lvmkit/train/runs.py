@@ -301,6 +301,20 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
+PROGRESS_FIELDS = (
+    "epoch",
+    "epochs",
+    "step",
+    "best_metric",
+    "best_value",
+    "best_epoch",
+    "latest",
+    "windows_per_s",
+    "eta_s",
+    "message",
+)
+
+
 @dataclass
 class RunSummary:
     """What ``lvmkit runs status/list`` shows for one run."""
@@ -327,6 +341,11 @@ class RunSummary:
         if self.state == "running" and not self.alive:
             return "interrupted"
         return self.state
+
+    def progress(self) -> dict[str, Any]:
+        """The training-progress fields by name (``PROGRESS_FIELDS``): what the runs API shows of a run
+        beside its name, state and liveness (``lvmkit.serve.runs.summary_out``)."""
+        return {k: getattr(self, k) for k in PROGRESS_FIELDS}
 
 
 def summarize(run_dir: str | os.PathLike) -> RunSummary:
