@@ -69,13 +69,25 @@ def test_page_in_a_real_browser(served, tmp_path):
     runs = tmp / "runs"
     pw, chromium = browser()
     live_error: list[BaseException] = []
+    first_seen = threading.Event()
 
     def train_live():
         from lvmkit.train.config import load_config
         from lvmkit.train.loop import train
 
         try:
-            train(load_config(None, tiny_overrides(bank.path, epochs=8)), runs / "live")
+            # after its first epoch the run waits until the page has shown it, so the rise that the test
+            # waits for is still to come however fast the machine trains (an idle machine finished all
+            # 8 epochs before the first poll)
+            def hold_after_first_epoch(kind, info):
+                if kind == "epoch" and not first_seen.is_set():
+                    first_seen.wait(timeout=180)
+
+            train(
+                load_config(None, tiny_overrides(bank.path, epochs=8)),
+                runs / "live",
+                on_event=hold_after_first_epoch,
+            )
         except BaseException as e:  # pragma: no cover - reported by the assertion below
             live_error.append(e)
 
@@ -108,6 +120,7 @@ def test_page_in_a_real_browser(served, tmp_path):
             trainer.start()
             page.wait_for_selector('[data-run="live"] .epoch', timeout=120_000)
             seen = epoch_shown(page, "live")
+            first_seen.set()
             page.wait_for_function(
                 f"""() => {{
                     const e = document.querySelector('[data-run="live"] .epoch');
@@ -131,6 +144,7 @@ def test_page_in_a_real_browser(served, tmp_path):
             with urllib.request.urlopen(server.url + href) as r:
                 assert r.status == 200 and b"live" in r.read()
     finally:
+        first_seen.set()
         chromium.close()
         pw.stop()
     for name in ("playground-1280", "playground-400", "dashboard-1280", "dashboard-400"):
