@@ -220,6 +220,29 @@ def _ingest_locked(
             f"chunks; reader: {stats.summary()}"
         )
     # ---- assembly: the bank files from the shards, then the manifest (last: it marks completion)
+    _finish_bank(
+        out, work, enc, chunk_maker, source, fmt, state, counts, stats, n_shards, done, dtype, progress
+    )
+    return VectorBank.open(out)
+
+
+def _finish_bank(
+    out: Path,
+    work: Path,
+    enc: Any,
+    chunk_maker,
+    source: Path,
+    fmt: str,
+    state: dict[str, Any],
+    counts: dict[str, int],
+    stats: ReadStats,
+    n_shards: int,
+    done: int,
+    dtype: str,
+    progress: ProgressFn | None,
+) -> None:
+    """Assemble vectors.npy + chunks.parquet from the shards, then write the manifest (last: it marks the
+    bank complete) and remove the work directory."""
     content_hash = _assemble(out, work, n_shards, done, enc.info.dim, dtype, progress)
     skipped = {**stats.skipped, "no_chunks": counts["no_chunks"]}
     manifest = BankManifest(
@@ -231,7 +254,7 @@ def _ingest_locked(
             content_hash=content_hash,
             source_hash=state["source_hash"],
             articles=counts["articles"],
-            limit_articles=limit_articles,
+            limit_articles=state["limit_articles"],
             skipped={k: v for k, v in skipped.items() if v},
             repaired=stats.repaired,
         ),
@@ -240,7 +263,6 @@ def _ingest_locked(
     )
     write_json(out / VectorBank.MANIFEST, manifest.model_dump(mode="json"))
     shutil.rmtree(work)
-    return VectorBank.open(out)
 
 
 # ----------------------------------------------------------------------------------------- streaming
