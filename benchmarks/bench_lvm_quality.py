@@ -51,6 +51,10 @@ def train_one(model: str, ctx: int, args, run_dir: Path, extra: list[str]) -> Pa
     ]
     cfg = load_config(ROOT / "configs" / f"{model}.yaml", overrides)
     run = RunPaths(run_dir)
+    if run.config.exists() and Path(load_config(run.config).bank).resolve() != Path(cfg.bank).resolve():
+        raise SystemExit(
+            f"{run_dir} was trained on another bank ({load_config(run.config).bank}); use another --work"
+        )
     state = read_status(run).get("state") if run.status.exists() else None
     if state in ("finished", "early_stopped", "stopped_gate"):
         print(f"  {model} ctx {ctx}: reusing finished run {run_dir}")

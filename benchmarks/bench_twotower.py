@@ -18,7 +18,7 @@ lies above zero). The predecessor's best tower reached Recall@500 18% against 39
     python benchmarks/bench_twotower.py --smoke                        # a synthetic bank, about a minute
 
 Runs go to benchmarks/work/twotower/<name> and are reused when finished (resumed when interrupted), so a
-second call only re-evaluates. Size knobs: --max-train-pairs, --epochs, --hidden, --batch-size,
+second call only re-evaluates (one work directory per --out: benchmarks/work/<its stem>). Size knobs: --max-train-pairs, --epochs, --hidden, --batch-size,
 --val-queries, --test-queries. Writes benchmarks/results/twotower.json and twotower.md (a smoke run writes
 under benchmarks/work/ instead).
 """
@@ -99,6 +99,10 @@ def train_run(name: str, config: str, args, work: Path, extra: list[str]) -> tup
     ]
     cfg = load_config(ROOT / "configs" / config, overrides)
     run = RunPaths(run_dir)
+    if run.config.exists() and Path(load_config(run.config).bank).resolve() != Path(cfg.bank).resolve():
+        raise SystemExit(
+            f"{run_dir} was trained on another bank ({load_config(run.config).bank}); use another --work"
+        )
     if run.status.exists() and read_status(run).get("state") in ("finished", "early_stopped"):
         print(f"  {name}: reusing the finished run in {run_dir}", flush=True)
         return run_dir, 0.0
@@ -207,6 +211,11 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     ap.add_argument("--fresh", action="store_true", help="retrain even when finished runs exist")
     ap.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks/results/twotower.json"),
+        help="results JSON (+ .md beside it); runs go to benchmarks/work/<its stem> (default: %(default)s)",
+    )
+    ap.add_argument(
         "--runs",
         default="plain,curriculum",
         help="which towers to train and evaluate: plain, curriculum or both (default: %(default)s)",
@@ -224,8 +233,8 @@ def main() -> None:
     elif args.bank is None:
         ap.error("give a BANK directory, or --smoke")
     else:
-        work = ROOT / "benchmarks/work/twotower"
-        out_json, out_md = ROOT / "benchmarks/results/twotower.json", ROOT / "benchmarks/results/twotower.md"
+        out_json = Path(args.out)
+        out_md, work = out_json.with_suffix(".md"), ROOT / "benchmarks/work" / out_json.stem
     if args.fresh:
         for name in ("twotower_plain", "twotower_curriculum"):
             shutil.rmtree(work / name, ignore_errors=True)

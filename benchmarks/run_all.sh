@@ -68,18 +68,47 @@ if step scaling; then   # the best config at 4 training-set sizes and 4 context 
       --override "model.kwargs.anchor=mix" --override "loss={cos: 1.0, infonce: 1.0, tau: 0.05}" \
       --sizes 4000,16000,64000,160000 --ctxs 5,20,100,500 --ctx-train-windows 16000 --epochs 2
 fi
-if step bigbank; then   # NOT RUN (needs hours on this machine): the issue's >= 600k-chunk bank and 1M windows
-  BIG=banks/enwiki8k   # 8,000 articles, ~860k chunks; ingest resumes, so it can be built across sessions
+if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 min of CPU after the ingest
+  BIG=banks/enwiki8k   # 8,000 articles; the ingest resumes, so it can be built across sessions (~1 h idle)
   [ -f $BIG/manifest.json ] || $LV ingest ../shared/data/enwiki2015 --out $BIG --limit-articles 8000 --backend onnx-int8
-  for M in gru amn transformer; do   # the best three configs, anchored, >= 1M windows at ctx 5; choose on val
-    $LV train configs/$M.yaml --out runs/big_${M}_ctx5 --detach --set bank=$BIG --set model.delta=false \
-        --set model.kwargs.anchor=mix --set optim.epochs=5 --set data.max_test_queries=10000
-  done
-  $PY benchmarks/bench_scaling.py --bank $BIG --model gru --override "model.delta=false" \
-      --override "model.kwargs.anchor=mix" --sizes 16000,64000,250000,1000000 --ctxs 5,20,100,500 \
-      --ctx-train-windows 250000 --epochs 3 --max-test-queries 10000 --out benchmarks/results/scaling_big.json
-  $PY benchmarks/bench_twotower.py $BIG --epochs 10 --max-train-pairs 100000 --test-queries 10000 --anchor mix \
-      --schedule "1-3:none;4-7:8@p90-p99;8-10:16@p95-p99.5"
+  W=benchmarks/work/lvm_big
+  # the one LVM config of this step (val chose it on the quickstart and the 216k bank: anchor mix, InfoNCE-led
+  # objective, low lr); from_start=false so best.pt is the best TRAINED epoch (the anchor is the blend row)
+  CFG=(--set model.delta=false --set model.kwargs.anchor=mix --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05}"
+       --set optim.lr=0.0001 --set optim.warmup_steps=200 --set data.batch_size=256
+       --set early_stopping.from_start=false)
+  SETS=(); for ((i = 1; i < ${#CFG[@]}; i += 2)); do SETS+=(--override "${CFG[$i]}"); done
+  detached() {   # detached() RUN_DIR CONFIG ARGS...: a --detach training run, resumed or reused, waited for
+    local run=$1 cfg=$2; shift 2
+    if grep -qsE '"state": "(finished|early_stopped)"' $run/status.json; then return; fi
+    if [ -f $run/last.pt ]; then $LV train --resume --out $run --detach
+    else $LV train $cfg --out $run --detach "$@"; fi
+    while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done
+    grep -qsE '"state": "(finished|early_stopped)"' $run/status.json || { echo "run $run did not finish"; exit 1; }
+  }
+  # ctx 5: amn on ALL train windows (~650k) x 2 epochs = the largest point of the size sweep below
+  detached $W/ctx5/amn configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
+      --set final_eval=false --set data.max_eval_queries=2000 --set data.min_ctx=5 "${CFG[@]}"
+  # lever at scale (val): the same config + in-article negatives (target+1, weight 0.2) on 250k windows; its
+  # twin without them is the sweep's 250k point
+  detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
+      --set final_eval=false --set data.max_eval_queries=2000 --set data.min_ctx=5 --set data.max_train_windows=250000 \
+      "${CFG[@]}" --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1], inarticle_weight: 0.2}"
+  # the final table: the test split read once, 10,000 windows, every baseline, every K, paired CIs
+  $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 5 --models amn --epochs 2 --min-ctx 5 \
+      --max-eval-queries 2000 --max-test-queries 10000 --work $W "${SETS[@]}" --out benchmarks/results/lvm_big_ctx5.json
+  # ctx 100: amn, 100k windows (>= 20 real context chunks, left-padded) x 2 epochs
+  $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 100 --min-ctx 20 --models amn --epochs 2 \
+      --max-train-windows 100000 --max-eval-queries 2000 --max-test-queries 10000 --work $W "${SETS[@]}" \
+      --out benchmarks/results/lvm_big_ctx100.json
+  # scaling: the same config at 16k / 64k / 250k windows + the full run above (linked), then ctx 5/20/100/500
+  mkdir -p benchmarks/work/scaling_big && ln -sfn ../lvm_big/ctx5/amn benchmarks/work/scaling_big/ctx5-n1000000
+  $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes 16000,64000,250000,1000000 \
+      --ctxs 5,20,100,500 --ctx-train-windows 16000 --epochs 2 --max-eval-queries 2000 --max-test-queries 3000 \
+      --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big.json
+  # two-tower: plain vs the percentile curriculum (windows calibrated to the encoder), kept counts in the JSON
+  $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 8000 --test-queries 5000 --anchor blend \
+      --schedule "1:none;2:8@p90-p99;3:16@p95-p99.5" --out benchmarks/results/twotower_big.json
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols
