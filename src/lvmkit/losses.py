@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import Tensor, nn
 
 from lvmkit.errors import ConfigError
-from lvmkit.train.mining import check_inarticle_offsets
+from lvmkit.train.mining import InArticleOffsets
 
 
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -243,7 +243,7 @@ class LossSpec(BaseModel):
     mask_same_article: bool = True
     # in-article hard negatives (joined to the InfoNCE candidates of their row): offset k > 0 is the chunk
     # target + k, k < 0 the |k|-th chunk before the window's first context chunk; e.g. [1, 2, 3, -1, -2]
-    inarticle_offsets: list[int] = []
+    inarticle_offsets: InArticleOffsets = []
     inarticle_weight: float = 1.0
     proj_hidden: int = 512
     proj_dim: int = 256
@@ -255,14 +255,6 @@ class LossSpec(BaseModel):
     @property
     def uses_infonce(self) -> bool:
         return (self.lambda_con or 0.0) > 0 if self.contrastive else self.infonce > 0
-
-    @field_validator("inarticle_offsets")
-    @classmethod
-    def _offsets(cls, v: list[int]) -> list[int]:
-        try:
-            return check_inarticle_offsets(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
     def _check(self) -> LossSpec:

@@ -51,9 +51,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator
 
 from lvmkit.errors import ConfigError
 
@@ -520,6 +521,17 @@ def check_inarticle_offsets(offsets) -> list[int]:
             f"in-article negative offsets must be distinct and non-zero (offset 0 is the target itself), got {out}"
         )
     return out
+
+
+def _offsets_field(v: list[int]) -> list[int]:
+    try:
+        return check_inarticle_offsets(v)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+# The config field type of ``inarticle_offsets`` (LVM loss key and ``twotower.inarticle_offsets``).
+InArticleOffsets = Annotated[list[int], AfterValidator(_offsets_field)]
 
 
 def article_negative_rows(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lvmkit.errors import ConfigError
 from lvmkit.train.config import RunConfig
-from lvmkit.train.mining import check_inarticle_offsets, parse_schedule
+from lvmkit.train.mining import InArticleOffsets, parse_schedule
 
 HEURISTICS = ("exp_weighted", "copy_last")  # beside the tower at every validation (and mean_ctx at the end)
 
@@ -59,7 +59,7 @@ class TwoTowerConfig(_Section):
     )
     margin: float | None = Field(None, ge=0, description="m of relu(m - (s_pos - max s_neg)); None = no term")
     margin_weight: float = Field(1.0, ge=0)
-    inarticle_offsets: list[int] = Field(
+    inarticle_offsets: InArticleOffsets = Field(
         default_factory=list,
         description="in-article hard negatives: k > 0 = the chunk target + k, k < 0 = the |k|-th chunk before "
         "the context (e.g. [1, 2, -1]); [] = none",
@@ -82,14 +82,6 @@ class TwoTowerConfig(_Section):
     def _schedule(cls, v: str) -> str:
         try:
             return str(parse_schedule(v))
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("inarticle_offsets")
-    @classmethod
-    def _offsets(cls, v: list[int]) -> list[int]:
-        try:
-            return check_inarticle_offsets(v)
         except ConfigError as e:
             raise ValueError(str(e)) from None
 
