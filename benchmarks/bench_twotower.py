@@ -193,7 +193,8 @@ def synthetic_bank(path: Path, n_articles: int = 120, dim: int = 32, seed: int =
     return VectorBank.write(path, x, chunks, manifest)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked (BANK or --smoke; --runs names plain and/or curriculum, as ``args.wanted``)."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -248,7 +249,16 @@ def main() -> None:
         help="which towers to train and evaluate: plain, curriculum or both (default: %(default)s)",
     )
     args = ap.parse_args()
+    if args.bank is None and not args.smoke:
+        ap.error("give a BANK directory, or --smoke")
+    args.wanted = {r.strip() for r in args.runs.split(",") if r.strip()}
+    if not args.wanted or args.wanted - {"plain", "curriculum"}:
+        ap.error(f"--runs takes plain, curriculum or both (got {args.runs!r})")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     if args.smoke:
         work = ROOT / "benchmarks/work/twotower_smoke"
         shutil.rmtree(work, ignore_errors=True)
@@ -257,14 +267,11 @@ def main() -> None:
         args.val_queries, args.test_queries, args.hidden, args.batch_size = 100, 150, 16, 32
         args.memory, args.n_boot, args.warmup = 256, 200, 5
         out_dir = work
-    elif args.bank is None:
-        ap.error("give a BANK directory, or --smoke")
     else:
         work = ROOT / "benchmarks/work/twotower"
         out_dir = ROOT / "benchmarks/results"
-    suffix = (
-        "_inarticle" if args.inarticle_offsets else ""
-    )  # never reuse (or overwrite) the runs without them
+    # with in-article negatives: other run names and result files (never reuse or overwrite those without)
+    suffix = "_inarticle" if args.inarticle_offsets else ""
     out_json, out_md = out_dir / f"twotower{suffix}.json", out_dir / f"twotower{suffix}.md"
     plain, curriculum = f"twotower_plain{suffix}", f"twotower_curriculum{suffix}"
     if args.fresh:
@@ -279,13 +286,10 @@ def main() -> None:
         f"bank {bank.path}: {len(bank):,} chunks, {bank.n_articles:,} articles; ctx {args.ctx}; schedule {schedule}"
     )
 
-    wanted = {r.strip() for r in args.runs.split(",") if r.strip()}
-    if not wanted or wanted - {"plain", "curriculum"}:
-        ap.error(f"--runs takes plain, curriculum or both (got {args.runs!r})")
     runs = {}
-    if "plain" in wanted:
+    if "plain" in args.wanted:
         runs[plain] = train_run(plain, "twotower_plain.yaml", args, work, [])
-    if "curriculum" in wanted:
+    if "curriculum" in args.wanted:
         runs[curriculum] = train_run(
             curriculum, "twotower_curriculum.yaml", args, work, [f"twotower.schedule={schedule}"]
         )
@@ -363,7 +367,8 @@ def main() -> None:
         "chunks": len(bank),
         "articles": bank.n_articles,
         "encoder": bank.encoder.name,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("fresh",)} | {"schedule": schedule},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("fresh", "wanted")}
+        | {"schedule": schedule},
         "test_pairs": len(test),
         "results": {k: r.to_dict() for k, r in results.items()},
         "comparisons": {m: [c.to_dict() for c in cs] for m, cs in comparisons.items()},
