@@ -16,11 +16,16 @@ lies above zero). The predecessor's best tower reached Recall@500 18% against 39
     python benchmarks/bench_twotower.py BANK                           # defaults sized for ~15 min on 2 cores
     python benchmarks/bench_twotower.py BANK --epochs 6 --max-train-pairs 30000 --hidden 256
     python benchmarks/bench_twotower.py --smoke                        # a synthetic bank, about a minute
+    python benchmarks/bench_twotower.py BANK --inarticle-offsets 1,-1 --inarticle-weight 0.2
+                                          # both towers with in-article negatives (twotower.inarticle_offsets)
 
 Runs go to benchmarks/work/twotower/<name> and are reused when finished (resumed when interrupted), so a
 second call only re-evaluates (one work directory per --out: benchmarks/work/<its stem>). Size knobs: --max-train-pairs, --epochs, --hidden, --batch-size,
 --val-queries, --test-queries. Writes benchmarks/results/twotower.json and twotower.md (a smoke run writes
-under benchmarks/work/ instead).
+under benchmarks/work/ instead). With --inarticle-offsets the towers train with in-article hard negatives
+(the window's own article's chunks target+k, k > 0, or the |k|-th before the context, k < 0, weighted by
+--inarticle-weight); their runs are named ``*_inarticle`` and the results go to twotower_inarticle.json / .md,
+so the table without them is kept for comparison.
 """
 
 from __future__ import annotations
@@ -70,6 +75,24 @@ def default_schedule(epochs: int) -> str:
     return ";".join(stages)
 
 
+def parse_offsets(text: str) -> list[int]:
+    """``--inarticle-offsets 1,2,-1`` -> [1, 2, -1] (checked by the config: distinct and non-zero)."""
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 1,2,-1, got {text!r}"
+        ) from None
+
+
+def inarticle_overrides(args) -> list[str]:
+    """The config keys of --inarticle-offsets / --inarticle-weight (none without offsets)."""
+    if not args.inarticle_offsets:
+        return []
+    offsets = ", ".join(map(str, args.inarticle_offsets))
+    return [f"twotower.inarticle_offsets=[{offsets}]", f"twotower.inarticle_weight={args.inarticle_weight}"]
+
+
 def train_run(name: str, config: str, args, work: Path, extra: list[str]) -> tuple[Path, float]:
     """Train (or reuse / resume) one run; returns (run dir, training seconds, 0 when reused)."""
     run_dir = work / name
@@ -95,6 +118,7 @@ def train_run(name: str, config: str, args, work: Path, extra: list[str]) -> tup
         f"early_stopping.patience={args.epochs}",
         "final_eval=false",
         "device=cpu" if args.cpu else "device=auto",
+        *inarticle_overrides(args),
         *extra,
     ]
     cfg = load_config(ROOT / "configs" / config, overrides)
@@ -173,7 +197,8 @@ def synthetic_bank(path: Path, n_articles: int = 120, dim: int = 32, seed: int =
     return VectorBank.write(path, x, chunks, manifest)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked (BANK or --smoke; --runs names plain and/or curriculum, as ``args.wanted``)."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -208,6 +233,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100, help="warm-up optimiser steps")
     ap.add_argument("--memory", type=int, default=20_000, help="memory-bank entries")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--inarticle-offsets",
+        type=parse_offsets,
+        default=[],
+        help="in-article hard negatives for both towers, e.g. 1,-1 (target+1 and the chunk before the context)",
+    )
+    ap.add_argument(
+        "--inarticle-weight",
+        type=float,
+        default=1.0,
+        help="weight of each in-article negative (logit + log w)",
+    )
     ap.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     ap.add_argument("--fresh", action="store_true", help="retrain even when finished runs exist")
     ap.add_argument(
@@ -221,7 +258,16 @@ def main() -> None:
         help="which towers to train and evaluate: plain, curriculum or both (default: %(default)s)",
     )
     args = ap.parse_args()
+    if args.bank is None and not args.smoke:
+        ap.error("give a BANK directory, or --smoke")
+    args.wanted = {r.strip() for r in args.runs.split(",") if r.strip()}
+    if not args.wanted or args.wanted - {"plain", "curriculum"}:
+        ap.error(f"--runs takes plain, curriculum or both (got {args.runs!r})")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     if args.smoke:
         work = ROOT / "benchmarks/work/twotower_smoke"
         shutil.rmtree(work, ignore_errors=True)
@@ -229,14 +275,17 @@ def main() -> None:
         args.ctx, args.stride, args.epochs, args.max_train_pairs, args.min_ctx = 8, 4, 3, 600, 4
         args.val_queries, args.test_queries, args.hidden, args.batch_size = 100, 150, 16, 32
         args.memory, args.n_boot, args.warmup = 256, 200, 5
-        out_json, out_md = work / "twotower.json", work / "twotower.md"
-    elif args.bank is None:
-        ap.error("give a BANK directory, or --smoke")
+        out = work / "twotower.json"
     else:
-        out_json = Path(args.out)
-        out_md, work = out_json.with_suffix(".md"), ROOT / "benchmarks/work" / out_json.stem
+        out = Path(args.out)
+        work = ROOT / "benchmarks/work" / out.stem  # one work directory per results file
+    # with in-article negatives: other run names and result files (never reuse or overwrite those without)
+    suffix = "_inarticle" if args.inarticle_offsets else ""
+    out_json = out.with_name(f"{out.stem}{suffix}.json")
+    out_md = out_json.with_suffix(".md")
+    plain, curriculum = f"twotower_plain{suffix}", f"twotower_curriculum{suffix}"
     if args.fresh:
-        for name in ("twotower_plain", "twotower_curriculum"):
+        for name in (plain, curriculum):
             shutil.rmtree(work / name, ignore_errors=True)
     schedule = args.schedule or default_schedule(args.epochs)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -247,15 +296,12 @@ def main() -> None:
         f"bank {bank.path}: {len(bank):,} chunks, {bank.n_articles:,} articles; ctx {args.ctx}; schedule {schedule}"
     )
 
-    wanted = {r.strip() for r in args.runs.split(",") if r.strip()}
-    if not wanted or wanted - {"plain", "curriculum"}:
-        ap.error(f"--runs takes plain, curriculum or both (got {args.runs!r})")
     runs = {}
-    if "plain" in wanted:
-        runs["twotower_plain"] = train_run("twotower_plain", "twotower_plain.yaml", args, work, [])
-    if "curriculum" in wanted:
-        runs["twotower_curriculum"] = train_run(
-            "twotower_curriculum", "twotower_curriculum.yaml", args, work, [f"twotower.schedule={schedule}"]
+    if "plain" in args.wanted:
+        runs[plain] = train_run(plain, "twotower_plain.yaml", args, work, [])
+    if "curriculum" in args.wanted:
+        runs[curriculum] = train_run(
+            curriculum, "twotower_curriculum.yaml", args, work, [f"twotower.schedule={schedule}"]
         )
 
     # The test pairs: held-out articles, the same queries for every system.
@@ -304,16 +350,20 @@ def main() -> None:
         for m in ("recall@10", "recall@100")
         for c in comparisons[m]
     ]
-    mining = (
-        read_jsonl(runs["twotower_curriculum"][0] / "mining.jsonl") if "twotower_curriculum" in runs else []
-    )
+    mining = read_jsonl(runs[curriculum][0] / "mining.jsonl") if curriculum in runs else []
     head = (
         f"Two-tower retrieval on bank {bank.manifest.bank_id} ({len(bank):,} chunks, {bank.n_articles:,} "
         f"articles, encoder {bank.encoder.name}); ctx {args.ctx}; {len(test):,} test pairs from held-out "
         f"articles. Towers: bigru_pool hidden {args.hidden}, anchor {args.anchor}, {args.epochs} epochs on at most "
         f"{args.max_train_pairs:,} train pairs (best epoch by val Recall@500: "
         + ", ".join(f"{k} {v}" for k, v in best_epochs.items())
-        + (f"); curriculum `{schedule}`.\n\n" if "twotower_curriculum" in runs else ").\n\n")
+        + (f"); curriculum `{schedule}`" if curriculum in runs else ")")
+        + (
+            f"; in-article negatives at offsets {args.inarticle_offsets}, weight {args.inarticle_weight:g}"
+            if args.inarticle_offsets
+            else ""
+        )
+        + ".\n\n"
     )
     md = head + table + "\n" + "\n".join(extra) + "\n"
     for verdict in comparisons["recall@500"]:
@@ -327,7 +377,8 @@ def main() -> None:
         "chunks": len(bank),
         "articles": bank.n_articles,
         "encoder": bank.encoder.name,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("fresh",)} | {"schedule": schedule},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("fresh", "wanted")}
+        | {"schedule": schedule},
         "test_pairs": len(test),
         "results": {k: r.to_dict() for k, r in results.items()},
         "comparisons": {m: [c.to_dict() for c in cs] for m, cs in comparisons.items()},

@@ -109,6 +109,41 @@ def test_unexpected_exceptions_are_not_swallowed(make_bank, tmp_path, monkeypatc
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
 
 
+def test_ingest_passes_every_option_and_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    """The command hands each option to the library's ingest unchanged; an interrupt exits 130 with the
+    resume hint (no traceback)."""
+    seen = {}
+
+    def interrupted(corpus, out, **kwargs):
+        seen.update(kwargs, corpus=corpus, out=out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lvmkit.bank.ingest.ingest", interrupted)
+    out = tmp_path / "bank"
+    result = invoke("ingest", "embedded", "--out", out, "--chunker", "words:50", "--encoder", "hash:64",
+                    "--backend", "hash", "--limit-articles", 7, "--batch-size", 9, "--max-chars", 500,
+                    "--shard-size", 11, "--dtype", "float16", "--device", "cpu", "--overwrite")  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "re-run the same command to resume" in result.output and "Traceback" not in result.output
+    progress = seen.pop("progress")
+    assert callable(progress)
+    assert seen == {
+        "corpus": "embedded",
+        "out": out,
+        "format": "auto",
+        "chunker": "words:50",
+        "encoder": "hash:64",
+        "backend": "hash",
+        "limit_articles": 7,
+        "batch_size": 9,
+        "shard_size": 11,
+        "dtype": "float16",
+        "device": "cpu",
+        "overwrite": True,
+        "max_chars": 500,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ search
 @pytest.fixture(scope="module")
 def hash_bank(tmp_path_factory):

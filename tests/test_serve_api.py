@@ -219,6 +219,34 @@ def test_lvmkit_errors_become_4xx(make_bank, tmp_path):
     assert client.get("/v1/runs").json() == {"runs_dir": None, "runs": []}
 
 
+@pytest.mark.parametrize("batch_search", [False, True])
+def test_a_damaged_row_is_an_error_not_an_answer(make_bank, tmp_path, batch_search):
+    """Serve's searches (direct or micro-batched) get VectorBank.search's score check: a row that the open-time
+    sample missed and that scores more than any unit vector can is named in a 4xx, never served as the top hit."""
+    from lvmkit.bank import VectorBank
+    from lvmkit.bank.checks import SAMPLE_ROWS
+
+    n = SAMPLE_ROWS + 400
+    made = make_bank(tmp_path, articles=[n // 2, n - n // 2], dim=16)
+    sampled = set(np.unique(np.linspace(0, n - 1, SAMPLE_ROWS).astype(np.int64)).tolist())
+    row = next(r for r in range(1, n) if r not in sampled)
+    text = "a query about nothing in particular"
+    encoder = load_encoder("hash:16")
+    col = int(np.argmax(encoder.encode([text])[0]))  # the row scores ~1e6 times this (positive) component
+    vectors = np.load(made.path / "vectors.npy", mmap_mode="r+")
+    vectors[row, col] = 1e6
+    vectors.flush()
+    del vectors
+    bank = VectorBank.open(made.path)  # the cheap open-time sample does not see the row
+    svc = Service(bank, encoder, _copy_last(bank), None, Limits(), batch_search=batch_search)
+    client = TestClient(create_app(svc))
+    for route, body in (("/v1/search", {"text": text, "k": 3}), ("/v1/next", {"context": [text], "k": 3})):
+        r = client.post(route, json=body)
+        assert 400 <= r.status_code < 500, (route, r.text)
+        assert f"vectors.npy is damaged: row {row} scored" in r.json()["detail"], route
+        assert "--check full" in r.json()["detail"]
+
+
 def _copy_last(bank):
     from lvmkit.serve.predictors import SingleRun, load_predictor
 

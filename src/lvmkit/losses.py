@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import Tensor, nn
 
 from lvmkit.errors import ConfigError
+from lvmkit.train.mining import InArticleOffsets
 
 
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -110,18 +111,37 @@ def info_nce(
                 cand_art[B:] = _ids(neg_article, q.device)
         invalid = false_negative_mask(t, cands, query_art, cand_art, dup_threshold)
     labels = torch.arange(B, device=q.device)
+    logits = logits.masked_fill(invalid, float("-inf"))
     if row_negatives is not None and row_negatives.shape[1] > 0:
-        if row_weight <= 0:
-            raise ValueError(f"row_weight must be > 0, got {row_weight}")
-        rn = F.normalize(row_negatives.float(), dim=-1)
-        row_logits = torch.einsum("bd,bkd->bk", q, rn) / tau + math.log(row_weight)
-        with torch.no_grad():  # the same rule, without the article term: these ARE the article's chunks
-            row_invalid = false_negative_mask(t, rn, None, None, dup_threshold)
-            if row_valid is not None:
-                row_invalid |= ~row_valid.to(torch.bool)
-        logits = torch.cat([logits, row_logits], dim=1)
-        invalid = torch.cat([invalid, row_invalid], dim=1)
-    return F.cross_entropy(logits.masked_fill(invalid, float("-inf")), labels)
+        rows = row_negative_logits(q, t, row_negatives, tau, dup_threshold, row_valid, row_weight)
+        logits = torch.cat([logits, rows], dim=1)
+    return F.cross_entropy(logits, labels)
+
+
+def row_negative_logits(
+    q: Tensor,
+    target: Tensor,
+    row_negatives: Tensor,
+    tau: float,
+    dup_threshold: float,
+    row_valid: Tensor | None = None,
+    row_weight: float = 1.0,
+) -> Tensor:
+    """[B, K] logits of each query's own extra candidates (in-article hard negatives), shared by ``info_nce``
+    and the two-tower loss: ``cos(q_i, n_ik) / tau + log(row_weight)`` (each counts as ``row_weight`` of a
+    negative in the softmax's denominator), -inf where ``row_valid`` is False or n_ik is a near duplicate of
+    target i (``false_negative_mask`` without its article term: these ARE the query's article's chunks).
+
+    q, target [B, d]; row_negatives [B, K, d] (normalised here); row_weight > 0."""
+    if row_weight <= 0:
+        raise ValueError(f"row_weight must be > 0, got {row_weight}")
+    rn = F.normalize(row_negatives.float(), dim=-1)
+    logits = torch.einsum("bd,bkd->bk", q.float(), rn) / tau + math.log(row_weight)
+    with torch.no_grad():
+        invalid = false_negative_mask(target.float(), rn, None, None, dup_threshold)
+        if row_valid is not None:
+            invalid |= ~row_valid.to(torch.bool)
+    return logits.masked_fill(invalid, float("-inf"))
 
 
 @torch.no_grad()
@@ -223,7 +243,7 @@ class LossSpec(BaseModel):
     mask_same_article: bool = True
     # in-article hard negatives (joined to the InfoNCE candidates of their row): offset k > 0 is the chunk
     # target + k, k < 0 the |k|-th chunk before the window's first context chunk; e.g. [1, 2, 3, -1, -2]
-    inarticle_offsets: list[int] = []
+    inarticle_offsets: InArticleOffsets = []
     inarticle_weight: float = 1.0
     proj_hidden: int = 512
     proj_dim: int = 256
@@ -261,15 +281,10 @@ class LossSpec(BaseModel):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.queue < 0 or self.proj_hidden < 1 or self.proj_dim < 1:
             raise ValueError("queue must be >= 0 and proj_hidden, proj_dim >= 1")
-        if self.inarticle_offsets:
-            if 0 in self.inarticle_offsets or len(set(self.inarticle_offsets)) < len(self.inarticle_offsets):
-                raise ValueError(
-                    f"inarticle_offsets must be distinct and non-zero (0 is the target), got {self.inarticle_offsets}"
-                )
-            if not self.uses_infonce:
-                raise ValueError(
-                    "inarticle_offsets adds negatives to the InfoNCE term: set infonce > 0 (or lambda_con > 0)"
-                )
+        if self.inarticle_offsets and not self.uses_infonce:
+            raise ValueError(
+                "inarticle_offsets adds negatives to the InfoNCE term: set infonce > 0 (or lambda_con > 0)"
+            )
         if self.inarticle_weight <= 0:
             raise ValueError(f"inarticle_weight must be > 0, got {self.inarticle_weight}")
         return self

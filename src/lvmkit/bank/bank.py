@@ -216,13 +216,17 @@ class VectorBank:
             self._index = load_or_flat(self)
         return self._index
 
-    def search(self, queries: np.ndarray, k: int, exclude=None, nprobe: int | None = None):
+    def search(self, queries: np.ndarray, k: int, exclude=None, nprobe: int | None = None, searcher=None):
         """Top-k chunk ids and inner-product scores for each query, over the whole bank.
 
         ``exclude``: per query, chunk ids that must not be returned (e.g. the query's own context);
         an int array [Q, E] padded with -1, or a list of arrays. Returns (scores [Q,k], ids [Q,k]),
-        ids padded with -1 when fewer than k candidates exist.
+        ids padded with -1 when fewer than k candidates exist. ``searcher``: what runs the search instead of
+        ``self.index()``, with the contract of ``SearchIndex.search`` over this bank's rows (the server's
+        ``MicroBatcher``, an exact index of the same vectors). Every search of the bank comes through here,
+        so every result gets the score check (``checks.check_scores``).
         """
-        scores, ids = self.index().search(queries, k, exclude=exclude, nprobe=nprobe)
+        searcher = self.index() if searcher is None else searcher
+        scores, ids = searcher.search(queries, k, exclude=exclude, nprobe=nprobe)
         checks.check_scores(self, queries, scores, ids)  # a damaged row that the open-time sample missed
         return scores, ids

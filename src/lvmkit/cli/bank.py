@@ -82,34 +82,42 @@ def ingest(
 
     Example: lvmkit ingest embedded --out banks/embedded --chunker sentence
     """
+    options = {
+        "format": format,
+        "chunker": chunker,
+        "encoder": encoder,
+        "backend": backend,
+        "limit_articles": limit_articles,
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "dtype": dtype,
+        "device": device,
+        "overwrite": overwrite,
+        "max_chars": max_chars,
+    }
+    t0 = time.perf_counter()
+    bank, bars = _ingest_with_bars(corpus, out, options)
+    _print_ingest_summary(bank, bars, time.perf_counter() - t0)
+
+
+def _ingest_with_bars(corpus: str, out: Path, options: dict):
+    """``lvmkit.bank.ingest.ingest`` with one progress bar per stage; Ctrl-C says how to resume (exit 130).
+    Returns (the bank, the ``_StageBars`` with the encoding stage's counts and time)."""
     from lvmkit.bank.ingest import ingest as run_ingest
 
-    t0 = time.perf_counter()
     try:
         with make_progress() as progress:
             bars = _StageBars(progress)
-            bank = run_ingest(
-                corpus,
-                out,
-                format=format,
-                chunker=chunker,
-                encoder=encoder,
-                backend=backend,
-                limit_articles=limit_articles,
-                batch_size=batch_size,
-                shard_size=shard_size,
-                dtype=dtype,
-                device=device,
-                progress=bars,
-                overwrite=overwrite,
-                max_chars=max_chars,
-            )
+            return run_ingest(corpus, out, progress=bars, **options), bars
     except KeyboardInterrupt:
         print_error(
             f"interrupted; finished shards are kept in {out}/.ingest: re-run the same command to resume"
         )
         raise typer.Exit(130) from None
-    elapsed = time.perf_counter() - t0
+
+
+def _print_ingest_summary(bank, bars: _StageBars, elapsed: float) -> None:
+    """What was written: articles, chunks, vectors, skipped / repaired counts, time and encoding rate."""
     m = bank.manifest
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(m.corpus.skipped.items())) or "none"
     console.print(f"[bold green]bank written[/bold green] {bank.path}")

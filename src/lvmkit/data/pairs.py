@@ -211,70 +211,21 @@ def make_pairs(
 
     ``max_per_article=None`` means no cap; ``dedup_cos=None`` turns dedup off.
     """
-    check_split_name(split_name)
-    if split.bank.manifest.bank_id != bank.manifest.bank_id:
-        raise ProvenanceError(
-            f"the split was made for bank {split.bank.manifest.bank_id}, not {bank.manifest.bank_id}"
-        )
-    ctx, min_ctx = _check_ctx(ctx, min_ctx, pad=True)
-    if int(stride) < 1:
-        raise ConfigError(f"stride must be >= 1, got {stride}")
-    if max_per_article is not None and int(max_per_article) < 1:
-        raise ConfigError(f"max_per_article must be >= 1 or None (no cap), got {max_per_article}")
-    if dedup_cos is not None and not 0 < float(dedup_cos) <= 1:
-        raise ConfigError(f"dedup_cos must be in (0, 1] or None (no dedup), got {dedup_cos}")
-    if int(dedup_window) < 1:
-        raise ConfigError(f"dedup_window must be >= 1, got {dedup_window}")
-    if target_pairs is not None and int(target_pairs) < 1:
-        raise ConfigError(f"target_pairs must be >= 1 or None, got {target_pairs}")
+    ctx, min_ctx = _check_pair_arguments(
+        bank, split, ctx, min_ctx, split_name, stride, max_per_article, dedup_cos, dedup_window, target_pairs
+    )
     rng = np.random.default_rng(seed)
-
     articles = split.articles(split_name)
-    lengths = bank.article_starts[articles + 1] - bank.article_starts[articles]
     stride_used, cap_used = int(stride), max_per_article
     if target_pairs is not None and len(articles):
+        lengths = bank.article_starts[articles + 1] - bank.article_starts[articles]
         stride_used, cap_used = choose_stride_and_cap(lengths, min_ctx, max_per_article, int(target_pairs))
-
-    # 1. candidates, 2. per-article cap (seeded random subset of each over-full article)
-    cand = window_targets(bank, articles, min_ctx, stride_used)
-    art = bank.article_codes[cand].astype(np.int64)
-    capped_articles = 0
-    if cap_used is not None and len(cand):
-        order = np.lexsort((rng.random(len(cand)), art))  # random order within each article
-        a_sorted = art[order]
-        first = np.searchsorted(a_sorted, a_sorted, "left")
-        rank = np.empty(len(cand), dtype=np.int64)
-        rank[order] = np.arange(len(cand)) - first
-        per_article = np.bincount(a_sorted - a_sorted.min())
-        capped_articles = int((per_article > cap_used).sum())
-        capped = cand[rank < cap_used]
-    else:
-        capped = cand
-
-    # 3. rolling dedup of target vectors in bank order
-    if dedup_cos is not None and len(capped):
-        keep = rolling_dedup(bank.vectors, float(dedup_cos), int(dedup_window), rows=capped)
-    else:
-        keep = np.ones(len(capped), dtype=bool)
+    cand = window_targets(bank, articles, min_ctx, stride_used)  # 1. candidates
+    capped, capped_articles = cap_per_article(cand, bank.article_codes[cand].astype(np.int64), cap_used, rng)
+    keep = _dedup_targets(bank, capped, dedup_cos, int(dedup_window))  # 3. rolling dedup
     kept = capped[keep]
-
-    # 4. thin a surplus to the target
-    if target_pairs is not None and len(kept) > int(target_pairs):
+    if target_pairs is not None and len(kept) > int(target_pairs):  # 4. thin a surplus to the target
         kept = np.sort(rng.choice(kept, size=int(target_pairs), replace=False))
-
-    art_kept = bank.article_codes[kept].astype(np.int32)
-    first_row = bank.article_starts[art_kept]
-    start = np.maximum(kept - ctx, first_row)
-    table = pa.table(
-        {
-            "pair_id": pa.array(np.arange(len(kept), dtype=np.int64)),
-            "article": pa.array(art_kept),
-            "article_id": pa.array(bank.article_ids[kept].tolist(), type=pa.string()),
-            "target": pa.array(kept.astype(np.int64)),
-            "context_start": pa.array(start.astype(np.int64)),
-            "ctx": pa.array((kept - start).astype(np.int32)),
-        }
-    )
     manifest = {
         "format_version": PAIRS_FORMAT_VERSION,
         "bank_id": bank.manifest.bank_id,
@@ -304,4 +255,67 @@ def make_pairs(
             "target_pairs": target_pairs,
         },
     }
-    return PairSet(bank, table, manifest)
+    return PairSet(bank, pair_table(bank, kept, ctx), manifest)
+
+
+def _check_pair_arguments(
+    bank, split, ctx, min_ctx, split_name, stride, max_per_article, dedup_cos, dedup_window, target_pairs
+) -> tuple[int, int]:
+    """ConfigError / ProvenanceError for a bad ``make_pairs`` argument; returns the checked (ctx, min_ctx)."""
+    check_split_name(split_name)
+    if split.bank.manifest.bank_id != bank.manifest.bank_id:
+        raise ProvenanceError(
+            f"the split was made for bank {split.bank.manifest.bank_id}, not {bank.manifest.bank_id}"
+        )
+    ctx, min_ctx = _check_ctx(ctx, min_ctx, pad=True)
+    if int(stride) < 1:
+        raise ConfigError(f"stride must be >= 1, got {stride}")
+    if max_per_article is not None and int(max_per_article) < 1:
+        raise ConfigError(f"max_per_article must be >= 1 or None (no cap), got {max_per_article}")
+    if dedup_cos is not None and not 0 < float(dedup_cos) <= 1:
+        raise ConfigError(f"dedup_cos must be in (0, 1] or None (no dedup), got {dedup_cos}")
+    if int(dedup_window) < 1:
+        raise ConfigError(f"dedup_window must be >= 1, got {dedup_window}")
+    if target_pairs is not None and int(target_pairs) < 1:
+        raise ConfigError(f"target_pairs must be >= 1 or None, got {target_pairs}")
+    return ctx, min_ctx
+
+
+def cap_per_article(
+    cand: np.ndarray, art: np.ndarray, cap: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """Step 2: at most ``cap`` of the candidate targets ``cand`` (article codes ``art``, bank order) per
+    article, a seeded random subset of each over-full one (order kept). Returns (capped, articles capped)."""
+    if cap is None or not len(cand):
+        return cand, 0
+    order = np.lexsort((rng.random(len(cand)), art))  # random order within each article
+    a_sorted = art[order]
+    first = np.searchsorted(a_sorted, a_sorted, "left")
+    rank = np.empty(len(cand), dtype=np.int64)
+    rank[order] = np.arange(len(cand)) - first
+    per_article = np.bincount(a_sorted - a_sorted.min())
+    return cand[rank < cap], int((per_article > cap).sum())
+
+
+def _dedup_targets(bank: VectorBank, rows: np.ndarray, dedup_cos: float | None, window: int) -> np.ndarray:
+    """Step 3: keep-mask over ``rows`` by ``rolling_dedup`` of their vectors (all True when off or empty)."""
+    if dedup_cos is None or not len(rows):
+        return np.ones(len(rows), dtype=bool)
+    return rolling_dedup(bank.vectors, float(dedup_cos), window, rows=rows)
+
+
+def pair_table(bank: VectorBank, targets: np.ndarray, ctx: int) -> pa.Table:
+    """The pairs of target rows ``targets`` as a table (see ``PairSet``): the context starts ``ctx`` rows
+    before the target, or at the article's first row."""
+    art = bank.article_codes[targets].astype(np.int32)
+    start = np.maximum(targets - ctx, bank.article_starts[art])
+    return pa.table(
+        {
+            "pair_id": pa.array(np.arange(len(targets), dtype=np.int64)),
+            "article": pa.array(art),
+            "article_id": pa.array(bank.article_ids[targets].tolist(), type=pa.string()),
+            "target": pa.array(targets.astype(np.int64)),
+            "context_start": pa.array(start.astype(np.int64)),
+            "ctx": pa.array((targets - start).astype(np.int32)),
+        }
+    )

@@ -184,7 +184,7 @@ def replay(
     ranked = {}
     for done, (name, p) in enumerate(predictors.items(), 1):  # one full-bank search per system
         queries = np.stack([p.predict(v) for v in vectors])
-        ids = index.search(queries, k, exclude=excluded)[1]
+        ids = bank.search(queries, k, exclude=excluded, searcher=index)[1]
         ranked[name] = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         if progress:
             progress(done, len(predictors))

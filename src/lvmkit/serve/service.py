@@ -13,7 +13,9 @@ One request to ``next``, in stages (each timed, the times come back in ``timings
    object that chooses the run (``predictors.SingleRun`` here; routing replaces it);
 4. search: the predicted vector and the last context vector (copy_last, the baseline every number stands
    beside) in one FAISS call over the whole bank, leaving out bank chunks whose text is a context chunk
-   (``exclude_context``, the evaluator's protocol) so the answer is not the input echoed back.
+   (``exclude_context``, the evaluator's protocol) so the answer is not the input echoed back. Every search
+   goes through ``VectorBank.search(..., searcher=)``, so a score no unit vector can give (a damaged row that
+   the open-time sample missed) is an error naming the row, never an answer.
 
 After the answer (``defer``: the route passes FastAPI's background tasks, so this runs once the response has
 been sent): the request and response go to the request log when one is open (``--log-requests``), and shadow
@@ -130,7 +132,7 @@ class Service:
         """Encode and search once before the first request (lazy encoder and index set-up took ~0.4 s of the
         first request). The models are left alone: a routed server's latency statistics start clean."""
         if len(self.bank):
-            self.index.search(self.encoder.encode(self.bank.texts([0])), 1)
+            self.bank.search(self.encoder.encode(self.bank.texts([0])), 1, searcher=self.index)
             self.rows_with_texts(self.bank.texts([0]))  # builds the text lookup
 
     # -------------------------------------------------------------------------------------------- reads
@@ -168,7 +170,7 @@ class Service:
         t0 = time.perf_counter()
         q = self.encoder.encode([req.text])
         t1 = time.perf_counter()
-        scores, ids = self.searcher.search(q, k)
+        scores, ids = self.bank.search(q, k, searcher=self.searcher)
         t2 = time.perf_counter()
         response = SearchResponse(
             k=k, hits=self.hits(scores[0], ids[0]), timings_ms={"encode": ms(t0, t1), "search": ms(t1, t2)}
@@ -196,7 +198,7 @@ class Service:
         t2 = time.perf_counter()
         excluded = self.rows_with_texts(texts) if req.exclude_context else np.zeros(0, dtype=np.int64)
         queries = np.stack([np.asarray(predicted, dtype=np.float32), vectors[-1]])
-        scores, ids = self.searcher.search(queries, k, exclude=[excluded, excluded])
+        scores, ids = self.bank.search(queries, k, exclude=[excluded, excluded], searcher=self.searcher)
         t3 = time.perf_counter()
         used = min(
             len(texts), next((d["ctx"] for d in self.models.describe() if d["name"] == run), len(texts))
@@ -234,7 +236,7 @@ class Service:
             response.run,
             vectors,
             answer_ids,
-            lambda vec: _first(self.index.search(vec[None], k, exclude=[excluded])),
+            lambda vec: _first(self.bank.search(vec[None], k, exclude=[excluded], searcher=self.index)),
         ):
             if log is not None:
                 ranked = [

@@ -20,10 +20,12 @@ from lvmkit.errors import ConfigError
 from lvmkit.train.config import RunConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from lvmkit.bank.bank import VectorBank
     from lvmkit.data.samplers import ArticleCappedBatchSampler
     from lvmkit.data.splits import Split
-    from lvmkit.data.windows import WindowSet
+    from lvmkit.data.windows import WindowBatch, WindowSet
     from lvmkit.eval.evaluator import SuiteResult
     from lvmkit.train import distributed as D
     from lvmkit.train.runs import RunPaths
@@ -269,6 +271,33 @@ def train_sampler(train: WindowSet, cfg: RunConfig, dist: D.DistInfo) -> Article
         drop_last=False,
         rank=dist.rank,
         world_size=dist.world_size,
+    )
+
+
+def inarticle_negatives(
+    bank: VectorBank, batch: WindowBatch, offsets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's in-article hard negatives (LVM loss ``inarticle_offsets``, ``twotower.inarticle_offsets``):
+    ``(vectors, valid)``, the raw bank vectors float32 [B, K, d] on the batch's device and bool [B, K] (False:
+    the article has no chunk at that offset, and the vector is a placeholder to mask); None without offsets.
+    Which chunks they are is decided in one place, ``train.mining.article_negative_rows``."""
+    if not offsets:
+        return None
+    import torch
+
+    from lvmkit.train.mining import article_negative_rows
+
+    rows = article_negative_rows(
+        bank.article_codes,
+        batch.target_ids.cpu().numpy(),
+        batch.mask.sum(dim=1).cpu().numpy(),
+        offsets,
+    )
+    vectors = bank.get(np.where(rows >= 0, rows, 0).ravel()).reshape(*rows.shape, bank.dim)
+    device = batch.target.device
+    return (
+        torch.as_tensor(vectors, dtype=torch.float32, device=device),
+        torch.as_tensor(rows >= 0, device=device),
     )
 
 

@@ -1,6 +1,6 @@
-"""Curriculum hard-negative mining for the two-tower retriever, and in-article negatives for LVMs
+"""Curriculum hard-negative mining for the two-tower retriever, and in-article negatives for LVMs and towers
 (``article_negative_rows``: the window's own article's chunks just after the target and just before the
-context, used by the loss option ``inarticle_offsets``).
+context, used by the LVM loss option ``inarticle_offsets`` and by ``twotower.inarticle_offsets``).
 
 The curriculum
 --------------
@@ -51,9 +51,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator
 
 from lvmkit.errors import ConfigError
 
@@ -511,6 +512,28 @@ def format_mining_stats(stats: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ in-article negatives
+def check_inarticle_offsets(offsets) -> list[int]:
+    """The offsets of ``article_negative_rows`` as a list; ConfigError unless they are distinct non-zero
+    integers (the one check behind the LVM loss key and ``twotower.inarticle_offsets``)."""
+    out = [int(k) for k in offsets]
+    if 0 in out or len(set(out)) < len(out):
+        raise ConfigError(
+            f"in-article negative offsets must be distinct and non-zero (offset 0 is the target itself), got {out}"
+        )
+    return out
+
+
+def _offsets_field(v: list[int]) -> list[int]:
+    try:
+        return check_inarticle_offsets(v)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+# The config field type of ``inarticle_offsets`` (LVM loss key and ``twotower.inarticle_offsets``).
+InArticleOffsets = Annotated[list[int], AfterValidator(_offsets_field)]
+
+
 def article_negative_rows(
     article_codes: np.ndarray, target_rows: np.ndarray, n_context: np.ndarray, offsets
 ) -> np.ndarray:
@@ -524,9 +547,7 @@ def article_negative_rows(
     codes = np.asarray(article_codes)
     t = np.asarray(target_rows, dtype=np.int64)[:, None]
     n = np.asarray(n_context, dtype=np.int64)[:, None]
-    k = np.asarray(list(offsets), dtype=np.int64)[None, :]
-    if (k == 0).any():
-        raise ConfigError("in-article negative offsets must be non-zero (offset 0 is the target itself)")
+    k = np.asarray(check_inarticle_offsets(offsets), dtype=np.int64)[None, :]
     rows = np.where(k > 0, t + k, t - n + k)
     inside = (rows >= 0) & (rows < len(codes))
     same = np.zeros_like(inside)

@@ -33,7 +33,13 @@ from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import build_loss
 from lvmkit.models import build_model, describe
 from lvmkit.models.experts import balance_term
-from lvmkit.tasks.base import SamplerEpochs, final_evaluation, open_bank_and_split, train_sampler
+from lvmkit.tasks.base import (
+    SamplerEpochs,
+    final_evaluation,
+    inarticle_negatives,
+    open_bank_and_split,
+    train_sampler,
+)
 from lvmkit.tasks.lvm.config import LVMRunConfig
 from lvmkit.tasks.lvm.spec import LVM_SPEC
 from lvmkit.train import distributed as D
@@ -149,23 +155,8 @@ class LVMTask(SamplerEpochs):
 
     def article_negatives(self, batch: WindowBatch) -> dict[str, torch.Tensor]:
         """The batch's in-article hard negatives (loss ``inarticle_offsets``): {} when the loss has none."""
-        offsets = self.loss_fn.spec.inarticle_offsets
-        if not offsets:
-            return {}
-        from lvmkit.train.mining import article_negative_rows
-
-        rows = article_negative_rows(
-            self.bank.article_codes,
-            batch.target_ids.cpu().numpy(),
-            batch.mask.sum(dim=1).cpu().numpy(),
-            offsets,
-        )
-        vectors = self.bank.get(np.where(rows >= 0, rows, 0).ravel()).reshape(*rows.shape, self.bank.dim)
-        device = batch.target.device
-        return {
-            "row_negatives": torch.as_tensor(vectors, dtype=torch.float32, device=device),
-            "row_valid": torch.as_tensor(rows >= 0, device=device),
-        }
+        rows = inarticle_negatives(self.bank, batch, self.loss_fn.spec.inarticle_offsets)
+        return {} if rows is None else {"row_negatives": rows[0], "row_valid": rows[1]}
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Full-bank retrieval metrics of the model on the fixed val windows, copy_last's beside them."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lvmkit.errors import ConfigError
 from lvmkit.train.config import RunConfig
-from lvmkit.train.mining import parse_schedule
+from lvmkit.train.mining import InArticleOffsets, parse_schedule
 
 HEURISTICS = ("exp_weighted", "copy_last")  # beside the tower at every validation (and mean_ctx at the end)
 
@@ -59,6 +59,14 @@ class TwoTowerConfig(_Section):
     )
     margin: float | None = Field(None, ge=0, description="m of relu(m - (s_pos - max s_neg)); None = no term")
     margin_weight: float = Field(1.0, ge=0)
+    inarticle_offsets: InArticleOffsets = Field(
+        default_factory=list,
+        description="in-article hard negatives: k > 0 = the chunk target + k, k < 0 = the |k|-th chunk before "
+        "the context (e.g. [1, 2, -1]); [] = none",
+    )
+    inarticle_weight: float = Field(
+        1.0, gt=0, description="each in-article negative counts as this many negatives (logit + log w)"
+    )
     schedule: str = Field("none", description="hard-negative curriculum, e.g. 0-5:none;6-30:8@0.82-0.92")
     candidate_factor: int = Field(4, ge=1, description="mining looks at factor x count candidates per pair")
     mining_batch: int = Field(512, ge=1, description="queries encoded at once when mining")

@@ -12,6 +12,9 @@ sides are unit vectors; the score of a chunk is their inner product. What the lo
                   - the batch's documents (its own positive on its own row; under DDP every rank's),
                   - a MoCo-style FIFO memory bank of recent document vectors (``memory`` entries),
                   - its mined hard negatives (looked up by pair id in the current ``NegativeStore``),
+                  - with ``inarticle_offsets``, its own article's chunks after the target / before the
+                    context (``train.mining.article_negative_rows``, as for LVMs; logit + log
+                    ``inarticle_weight``, masked only as near duplicates of the positive),
                 with false negatives masked to -inf: a candidate from the query's own article, or with
                 cos > ``false_negative_cos`` to the positive. Optional margin term
                 ``margin_weight * relu(m - (s_pos - max s_neg))`` on cosines. With ``gradcache_chunk`` the
@@ -45,13 +48,19 @@ from torch import Tensor, nn
 from lvmkit.artifacts import append_jsonl
 from lvmkit.bank.bank import VectorBank
 from lvmkit.data.splits import Split
-from lvmkit.data.windows import WindowSet
+from lvmkit.data.windows import WindowBatch, WindowSet
 from lvmkit.eval.evaluator import EvalResult
 from lvmkit.eval.tuning import tune_anchor
 from lvmkit.losses import VectorQueue
 from lvmkit.models import build_model, describe
 from lvmkit.models.towers import build_doc_tower
-from lvmkit.tasks.base import SamplerEpochs, final_evaluation, open_bank_and_split, train_sampler
+from lvmkit.tasks.base import (
+    SamplerEpochs,
+    final_evaluation,
+    inarticle_negatives,
+    open_bank_and_split,
+    train_sampler,
+)
 from lvmkit.tasks.twotower.config import HEURISTICS, AbortConfig, TwoTowerConfig, TwoTowerRunConfig
 from lvmkit.tasks.twotower.docbank import DocBank, doc_bank, raw_doc_bank
 from lvmkit.tasks.twotower.evaluate import TwoTowerModel, evaluate_retrieval, heuristic_models
@@ -174,7 +183,8 @@ class TwoTowerTask(SamplerEpochs):
         return len(batch)
 
     def loss(self, batch: PairBatch) -> tuple[Tensor, dict[str, float]]:
-        """InfoNCE over batch documents, other ranks' documents, the memory bank and mined negatives."""
+        """InfoNCE over batch documents, other ranks' documents, the memory bank, mined and in-article
+        negatives."""
         w = batch.windows
         q = self.encode_queries(w.ctx, w.mask)
         pos = self.doc(w.target)
@@ -187,10 +197,8 @@ class TwoTowerTask(SamplerEpochs):
             mv, ma = self.memory.get()
             shared.append(mv)
             shared_art.append(ma)
-        mined = None
-        if batch.neg_ids.shape[1]:
-            B, M, d = batch.negatives.shape
-            mined = self.doc(batch.negatives.reshape(B * M, d)).reshape(B, M, d)
+        mined = self.encode_documents(batch.negatives) if batch.neg_ids.shape[1] else None
+        inarticle, inarticle_valid = self.article_negatives(w)
         logits = twotower_logits(
             q,
             pos,
@@ -202,8 +210,13 @@ class TwoTowerTask(SamplerEpochs):
             mined=mined,
             mined_article=batch.neg_article,
             mined_valid=batch.neg_ids >= 0,
+            inarticle=inarticle,
+            inarticle_valid=inarticle_valid,
+            inarticle_weight=self.tt.inarticle_weight,
         )
-        total, parts = twotower_loss(logits, self.tt.tau, self.tt.margin, self.tt.margin_weight)
+        k = 0 if inarticle is None else inarticle.shape[1]
+        tt = self.tt
+        total, parts = twotower_loss(logits, tt.tau, tt.margin, tt.margin_weight, k, tt.inarticle_weight)
         if self.memory is not None:  # after the loss: a batch never competes with itself through the memory
             self.memory.push(pos.detach(), w.article)
             if gathered is not None:
@@ -276,6 +289,20 @@ class TwoTowerTask(SamplerEpochs):
         if len(chunks) == 1 or not torch.is_grad_enabled():
             return self.query(ctx, mask)
         return cached_forward(lambda s: self.query(ctx[s], mask[s]), chunks, list(self.query.parameters()))
+
+    def encode_documents(self, vectors: Tensor) -> Tensor:
+        """The document tower on per-query candidates [B, M, d] (raw bank vectors) -> [B, M, d]."""
+        B, M, d = vectors.shape
+        return self.doc(vectors.reshape(B * M, d)).reshape(B, M, d)
+
+    def article_negatives(self, windows: WindowBatch) -> tuple[Tensor | None, Tensor | None]:
+        """``twotower.inarticle_offsets``: each query's own article's chunks (``inarticle_negatives``, the
+        LVM loss's selection), through the document tower like every other candidate, and their validity;
+        (None, None) without offsets."""
+        rows = inarticle_negatives(self.bank, windows, self.tt.inarticle_offsets)
+        if rows is None:
+            return None, None
+        return self.encode_documents(rows[0]), rows[1]
 
     def make_batch(self, idx: np.ndarray) -> PairBatch:
         """Windows ``idx`` of the train pairs with the negatives mined for THEIR pair ids."""
