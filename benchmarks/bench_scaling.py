@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="key=value for every run (repeatable)")
     ap.add_argument("--base-ctx", type=int, default=5, help="ctx of the size sweep")
     ap.add_argument("--sizes", default="16000,64000,250000,1000000", help="training windows (capped: all)")
-    ap.add_argument("--ctxs", default="5,20,100,500", help="context lengths of the ctx sweep")
+    ap.add_argument("--ctxs", default="5,20,100,500", help='context lengths of the ctx sweep ("" = none)')
     ap.add_argument("--ctx-train-windows", type=int, default=64000, help="training windows in the ctx sweep")
     ap.add_argument("--min-ctx", type=int, default=5, help="real context chunks every window has")
     ap.add_argument("--epochs", type=int, default=3)
@@ -122,7 +122,7 @@ def main() -> None:
         ap.error("give --bank, or --smoke")
     bank = VectorBank.open(args.bank)
     sizes = [int(s) for s in args.sizes.split(",")]
-    ctxs = [int(c) for c in args.ctxs.split(",")]
+    ctxs = [int(c) for c in args.ctxs.split(",") if c]  # "" = no ctx sweep
     t0 = time.perf_counter()
     payload = {"bank": str(args.bank), "bank_id": bank.manifest.bank_id, "bank_chunks": len(bank),
                "args": vars(args), "points": [], "suites": {}}  # fmt: skip

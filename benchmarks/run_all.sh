@@ -80,35 +80,39 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   SETS=(); for ((i = 1; i < ${#CFG[@]}; i += 2)); do SETS+=(--override "${CFG[$i]}"); done
   detached() {   # detached() RUN_DIR CONFIG ARGS...: a --detach training run, resumed or reused, waited for
     local run=$1 cfg=$2; shift 2
-    if grep -qsE '"state": "(finished|early_stopped)"' $run/status.json; then return; fi
-    if [ -f $run/last.pt ]; then $LV train --resume --out $run --detach
-    else $LV train $cfg --out $run --detach "$@"; fi
-    while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done
+    while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done   # already running
+    if ! grep -qsE '"state": "(finished|early_stopped)"' $run/status.json; then
+      if [ -f $run/last.pt ]; then $LV train --resume --out $run --detach; else $LV train $cfg --out $run --detach "$@"; fi
+      while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done
+    fi
     grep -qsE '"state": "(finished|early_stopped)"' $run/status.json || { echo "run $run did not finish"; exit 1; }
   }
-  # ctx 5: amn on ALL train windows (~650k) x 2 epochs = the largest point of the size sweep below
+  # ctx 5: amn on ALL train windows (701,267) x 2 epochs = also the largest point of the size sweep below
   detached $W/ctx5/amn configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
       --set final_eval=false --set data.max_eval_queries=2000 --set data.min_ctx=5 "${CFG[@]}"
-  # lever at scale (val): the same config + in-article negatives (target+1, weight 0.2) on 250k windows; its
-  # twin without them is the sweep's 250k point
-  detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
-      --set final_eval=false --set data.max_eval_queries=2000 --set data.min_ctx=5 --set data.max_train_windows=250000 \
-      "${CFG[@]}" --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1], inarticle_weight: 0.2}"
   # the final table: the test split read once, 10,000 windows, every baseline, every K, paired CIs
   $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 5 --models amn --epochs 2 --min-ctx 5 \
       --max-eval-queries 2000 --max-test-queries 10000 --work $W "${SETS[@]}" --out benchmarks/results/lvm_big_ctx5.json
-  # ctx 100: amn, 100k windows (>= 20 real context chunks, left-padded) x 2 epochs
-  $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 100 --min-ctx 20 --models amn --epochs 2 \
-      --max-train-windows 100000 --max-eval-queries 2000 --max-test-queries 10000 --work $W "${SETS[@]}" \
-      --out benchmarks/results/lvm_big_ctx100.json
-  # scaling: the same config at 16k / 64k / 250k windows + the full run above (linked), then ctx 5/20/100/500
+  # scaling in training windows: the same config at 16k / 64k / 250k windows + the full run above (linked)
   mkdir -p benchmarks/work/scaling_big && ln -sfn ../lvm_big/ctx5/amn benchmarks/work/scaling_big/ctx5-n1000000
   $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes 16000,64000,250000,1000000 \
-      --ctxs 5,20,100,500 --ctx-train-windows 16000 --epochs 2 --max-eval-queries 2000 --max-test-queries 3000 \
+      --ctxs "" --epochs 2 --max-eval-queries 500 --max-test-queries 1000 \
       --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big.json
+  # ctx 100: amn, 100k windows (>= 20 real context chunks, left-padded) x 2 epochs; 5,000 test windows (time)
+  $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 100 --min-ctx 20 --models amn --epochs 2 \
+      --max-train-windows 100000 --max-eval-queries 1000 --max-test-queries 5000 --work $W "${SETS[@]}" \
+      --out benchmarks/results/lvm_big_ctx100.json
   # two-tower: plain vs the percentile curriculum (windows calibrated to the encoder), kept counts in the JSON
-  $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 8000 --test-queries 5000 --anchor blend \
+  $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
       --schedule "1:none;2:8@p90-p99;3:16@p95-p99.5" --out benchmarks/results/twotower_big.json
+  # scaling in context length (not reached in session 4): ctx 5 / 20 / 100 / 500 at 16k windows
+  $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes 16000 --ctxs 5,20,100,500 \
+      --ctx-train-windows 16000 --epochs 2 --max-eval-queries 500 --max-test-queries 1000 \
+      --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big_ctx.json
+  # lever at scale (val only): the 250k sweep config + in-article negatives (target+1, weight 0.2)
+  detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
+      --set final_eval=false --set data.max_eval_queries=500 --set data.min_ctx=5 --set data.max_train_windows=250000 \
+      "${CFG[@]}" --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1], inarticle_weight: 0.2}"
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols

@@ -14,6 +14,7 @@ from lvmkit.bank import EncoderInfo, VectorBank
 from lvmkit.bank.bank import text_hash
 from lvmkit.bank.index import (
     build_index,
+    exact_topk,
     exclusion_matrix,
     recall_against_exact,
     save_index,
@@ -272,3 +273,30 @@ def test_stale_index_is_refused(make_bank, tmp_path):
     _edit_manifest(small, index={"type": "flat", "dim": 8, "ntotal": 20})
     with pytest.raises(ArtifactError, match="rebuild it"):
         VectorBank.open(small.path).index()
+
+
+@pytest.mark.parametrize("block", [7, 64, 10_000])
+def test_exact_topk_equals_a_numpy_sort_with_ties_by_lower_id(block):
+    """The CPU exact search (blocked matmul + top-k, merged) against a full numpy sort: same ids in the same
+    order (score descending, ties by the lower id: rows 3 and 11 are the same vector), same scores."""
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((300, 16)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xb[11] = xb[3]
+    q = np.concatenate([xb[[3, 11]], rng.standard_normal((20, 16)).astype(np.float32)])
+    scores, ids = exact_topk(xb, q, 25, block=block)
+    full = q @ xb.T
+    want = np.lexsort((np.broadcast_to(np.arange(len(xb)), full.shape), -full), axis=1)[:, :25]
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), atol=1e-5)
+    assert ids[0, 0] == 3 and ids[0, 1] == 11 and ids[1, 0] == 3  # the tie, lower id first
+    s, i = build_index(xb, "flat").search(q, 25, exclude=[[3]] * len(q))
+    np.testing.assert_array_equal(
+        i,
+        np.stack(
+            [
+                r[r != 3][:25]
+                for r in np.lexsort((np.broadcast_to(np.arange(len(xb)), full.shape), -full), axis=1)
+            ]
+        ),
+    )

@@ -72,8 +72,8 @@ def test_batched_results_equal_one_call_per_request_and_calls_coalesce():
 def test_an_error_reaches_the_caller_and_the_worker_survives():
     index = build_index(random_unit_vectors(50, 8), type="flat")
     batcher = MicroBatcher(index)
-    with pytest.raises(AssertionError):
-        batcher.search(np.zeros((1, 3), np.float32), 5)  # wrong dimension: FAISS refuses
+    with pytest.raises(ValueError, match="8-dimensional"):
+        batcher.search(np.zeros((1, 3), np.float32), 5)  # wrong dimension: the index refuses
     scores, ids = batcher.search(random_unit_vectors(1, 8, seed=3), 5)
     assert ids.shape == (1, 5)
     batcher.close()
