@@ -23,6 +23,7 @@ if step ingest; then
   $PY benchmarks/bench_ingest.py --backend hash --encoder hash:384 --out benchmarks/results/ingest_hash.json
 fi
 if step search; then $PY benchmarks/bench_search.py $BANK; fi   # --hnsw adds HNSW (not run for README)
+if step exact; then $PY benchmarks/bench_exact.py banks/enwiki8k --queries 256 --k 60; fi   # session 4, under load
 if step windows; then $PY benchmarks/bench_windows_memory.py; fi
 if step mamba; then $PY benchmarks/bench_mamba_scan.py; fi
 if step throughput; then
