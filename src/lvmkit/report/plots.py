@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: render to memory, never to a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 BASELINE_STYLE = {
@@ -202,12 +203,14 @@ def scaling_curves(points: Sequence[dict[str, Any]], metric: str = "hit@5") -> b
     sweeps = {s: [p for p in points if p.get("sweep") == s] for s in ("size", "ctx")}
     if not any(sweeps.values()):
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), layout="constrained")
-    for ax, (sweep, pts), xkey in zip(axes, sweeps.items(), ("train_windows", "ctx"), strict=True):
+    sweeps = {s: pts for s, pts in sweeps.items() if pts}  # one panel per sweep that has points
+    fig, axes = plt.subplots(
+        1, len(sweeps), figsize=(4.8 * len(sweeps), 3.6), layout="constrained", squeeze=False
+    )
+    xkeys = {"size": "train_windows", "ctx": "ctx"}
+    for ax, (sweep, pts) in zip(axes[0], sweeps.items(), strict=True):
+        xkey = xkeys[sweep]
         pts = sorted(pts, key=lambda p: p[xkey])
-        if not pts:
-            ax.set_visible(False)
-            continue
         xs = [p[xkey] for p in pts]
         model = pts[0]["model"]
         ax.plot(
@@ -222,6 +225,7 @@ def scaling_curves(points: Sequence[dict[str, Any]], metric: str = "hit@5") -> b
             else:
                 ax.plot(xs, ys, ls=style, lw=1.2, marker=".", color=COLORS[i % len(COLORS)], label=b)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on short spans
         ctx_note = f" (ctx {pts[0]['ctx']})" if sweep == "size" else ""
         ax.set(
             xlabel="training windows" if sweep == "size" else "context length (chunks)",
