@@ -1,8 +1,8 @@
 """FAISS indexes over a bank, with per-query exclusions.
 
-Types: ``flat`` (exact inner product; on the CPU searched by ``exact_topk``, a blocked BLAS matmul + top-k in
-torch, ~4x faster than FAISS's flat search on this project's 2-core machine), ``ivf`` (IVF-Flat, inner product; nlist, nprobe), ``hnsw`` (HNSW-Flat,
-inner product; M, efSearch). The index is stored as BANK/index.faiss and its parameters in the manifest.
+Types: ``flat`` (exact inner product; on the CPU searched by ``exact_topk``, a blocked torch matmul + top-k,
+~5x less CPU than FAISS's flat search on the 901k-chunk bank: benchmarks/bench_exact.py), ``ivf`` (IVF-Flat,
+inner product; nlist, nprobe), ``hnsw`` (HNSW-Flat, inner product; M, efSearch). The index is stored as BANK/index.faiss and its parameters in the manifest.
 """
 
 from __future__ import annotations
