@@ -15,6 +15,13 @@ the models).
         --out benchmarks/results/levers_quickstart.json
 
 Runs are reused when finished (benchmarks/work/levers/TAG/MODEL-VARIANT), resumed when interrupted.
+``--run NAME=DIR`` (repeatable) adds a finished run trained elsewhere (same bank, split and ctx) to the same
+val comparison, e.g. a ``lvmkit train --detach`` run, or a two-tower run whose document tower is ``identity``
+(its query tower then IS an LVM: it predicts a vector of the bank's own space). ``--models ""`` with ``--run``
+trains nothing:
+
+    python benchmarks/bench_levers.py --bank banks/enwiki8k --models "" \
+        --run amn=benchmarks/work/scaling_big/ctx5-n250000 --run mined=runs/amn_mined --out ...
 """
 
 from __future__ import annotations
@@ -80,6 +87,20 @@ def train_variant(model: str, name: str, overrides: list[str], args) -> tuple[Pa
     return run_dir, time.perf_counter() - t0
 
 
+def parse_run(text: str) -> tuple[str, Path]:
+    name, _, path = text.partition("=")
+    run = RunPaths(Path(path))
+    if not name or not path or not run.best.exists():
+        raise SystemExit(f"--run wants NAME=RUN_DIR of a run with a best.pt, got {text!r}")
+    cfg = load_config(run.config)
+    if cfg.task == "twotower" and cfg.twotower.doc_tower != "identity":
+        raise SystemExit(
+            f"--run {name}: a two-tower run with a {cfg.twotower.doc_tower} document tower does not "
+            "predict in the bank's space; only identity towers compare with LVMs"
+        )
+    return name, Path(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bank", required=True)
@@ -87,6 +108,7 @@ def main() -> None:
     ap.add_argument("--models", default="gru")
     ap.add_argument("--variant", action="append", default=[], help="NAME=key=value;key=value (repeatable)")
     ap.add_argument("--override", action="append", default=[], help="key=value for every run")
+    ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR: a finished run to compare too")
     ap.add_argument("--ctx", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--max-train-windows", type=int, default=None)
@@ -104,6 +126,10 @@ def main() -> None:
     for m in models:
         for name, ov in variants.items():
             runs[f"{m}-{name}"], seconds[f"{m}-{name}"] = train_variant(m, name, ov, args)
+    for name, path in map(parse_run, args.run):
+        runs[name], seconds[name] = path, float("nan")
+    if not runs:
+        raise SystemExit("nothing to compare: give --models and/or --run")
     first = RunPaths(next(iter(runs.values())))
     cfg0 = load_config(first.config)
     d = cfg0.data
