@@ -11,6 +11,15 @@ LV=.venv/bin/lvmkit
 BANK=banks/enwiki
 step() { [ $# -eq 0 ] || [ "$ONLY" = "" ] || [ "$ONLY" = "$1" ]; }
 ONLY="${1:-}"
+detached() {   # detached() RUN_DIR CONFIG ARGS...: a --detach training run, resumed or reused, waited for
+  local run=$1 cfg=$2; shift 2
+  while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done   # already running
+  if ! grep -qsE '"state": "(finished|early_stopped)"' $run/status.json; then
+    if [ -f $run/last.pt ]; then $LV train --resume --out $run --detach; else $LV train $cfg --out $run --detach "$@"; fi
+    while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done
+  fi
+  grep -qsE '"state": "(finished|early_stopped)"' $run/status.json || { echo "run $run did not finish"; exit 1; }
+}
 
 if step bank; then   # 2,000 enwiki articles, sentence chunks, all-MiniLM-L6-v2 (onnx-int8 backend, same space)
   [ -f $BANK/manifest.json ] || $LV ingest ../shared/data/enwiki2015 --out $BANK --limit-articles 2000 --backend onnx-int8
@@ -79,15 +88,6 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
        --set optim.lr=0.0001 --set optim.warmup_steps=200 --set data.batch_size=256
        --set early_stopping.from_start=false)
   SETS=(); for ((i = 1; i < ${#CFG[@]}; i += 2)); do SETS+=(--override "${CFG[$i]}"); done
-  detached() {   # detached() RUN_DIR CONFIG ARGS...: a --detach training run, resumed or reused, waited for
-    local run=$1 cfg=$2; shift 2
-    while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done   # already running
-    if ! grep -qsE '"state": "(finished|early_stopped)"' $run/status.json; then
-      if [ -f $run/last.pt ]; then $LV train --resume --out $run --detach; else $LV train $cfg --out $run --detach "$@"; fi
-      while kill -0 "$(cat $run/train.pid 2>/dev/null)" 2>/dev/null; do sleep 20; done
-    fi
-    grep -qsE '"state": "(finished|early_stopped)"' $run/status.json || { echo "run $run did not finish"; exit 1; }
-  }
   # ctx 5: amn on ALL train windows (701,267) x 2 epochs = also the largest point of the size sweep below
   detached $W/ctx5/amn configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
       --set final_eval=false --set data.max_eval_queries=2000 --set data.min_ctx=5 "${CFG[@]}"
@@ -114,6 +114,27 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
       --set final_eval=false --set data.max_eval_queries=500 --set data.min_ctx=5 --set data.max_train_windows=250000 \
       "${CFG[@]}" --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1], inarticle_weight: 0.2}"
+fi
+if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, all on VAL (the test split is not read)
+  BIG=banks/enwiki8k; L=benchmarks/work/levers_big
+  # (1) in-article negatives at 250k windows: the `detached $W/ctx5/amn_neg` run of the bigbank step above.
+  # (2) the LVM trained by the two-tower task (doc tower identity: its query tower IS an LVM), so it sees a
+  #     50,000-vector memory bank of negatives, and with the curriculum also mined hard negatives (other
+  #     articles' chunks within the p90-p99 query-neighbour cosine window). amn, anchor mix started at the
+  #     blend val chose for the ctx-5 table (w=0, alpha=0.5); 32,000 train windows x 3 epochs, best by val MRR@10.
+  TL=(--set bank=$BIG --set data.ctx=5 --set data.min_ctx=5 --set data.batch_size=256
+      --set data.max_train_windows=32000 --set data.max_eval_queries=1000 --set final_eval=false
+      --set model.name=amn --set "model.kwargs={anchor: mix, anchor_w: 0.0, anchor_alpha: 0.5, hidden: 256, heads: 4, dropout: 0.1}"
+      --set twotower.pair_stride=1 --set twotower.pairs_per_article=null
+      --set optim.lr=0.0001 --set optim.warmup_steps=200 --set optim.epochs=3
+      --set early_stopping.metric=val_mrr@10 --set checkpoint_every_steps=100)
+  detached $L/amn_tower_plain configs/twotower_plain.yaml "${TL[@]}"
+  detached $L/amn_tower_mined configs/twotower_plain.yaml "${TL[@]}" --set "twotower.schedule=1:none;2-3:8@p90-p99"
+  # all of them beside every baseline on the 2,000 val windows of the ctx-5 table's run (paired CIs)
+  $PY benchmarks/bench_levers.py --bank $BIG --models "" --run amn_701k=benchmarks/work/lvm_big/ctx5/amn \
+      --run amn_250k=benchmarks/work/scaling_big/ctx5-n250000 --run amn_250k_inarticle=benchmarks/work/lvm_big/ctx5/amn_neg \
+      --run amn_tower_memory=$L/amn_tower_plain --run amn_tower_mined=$L/amn_tower_mined \
+      --out benchmarks/results/levers_big_ctx5.json
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols
