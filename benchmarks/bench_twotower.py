@@ -298,8 +298,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def setup(args) -> tuple[Path, Path, str]:
+    """(work directory, results JSON, run-name suffix); a smoke run swaps in a synthetic bank and tiny sizes."""
     if args.smoke:
         work = ROOT / "benchmarks/work/twotower_smoke"
         shutil.rmtree(work, ignore_errors=True)
@@ -313,36 +313,28 @@ def main() -> None:
         work = ROOT / "benchmarks/work" / out.stem  # one work directory per results file
     # with in-article negatives: other run names and result files (never reuse or overwrite those without)
     suffix = "_inarticle" if args.inarticle_offsets else ""
-    out_json = out.with_name(f"{out.stem}{suffix}.json")
-    out_md = out_json.with_suffix(".md")
-    plain, curriculum = f"twotower_plain{suffix}", f"twotower_curriculum{suffix}"
     if args.fresh:
-        for name in (plain, curriculum):
+        for name in (f"twotower_plain{suffix}", f"twotower_curriculum{suffix}"):
             shutil.rmtree(work / name, ignore_errors=True)
-    schedule = args.schedule or default_schedule(args.epochs)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    bank = VectorBank.open(args.bank)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    t_start = time.perf_counter()
-    print(
-        f"bank {bank.path}: {len(bank):,} chunks, {bank.n_articles:,} articles; ctx {args.ctx}; schedule {schedule}"
-    )
+    return work, out.with_name(f"{out.stem}{suffix}.json"), suffix
 
-    blend, blend_info, anchor_sets = heuristic_blend(args, bank, work, (plain, curriculum))
-    fresh = {n: [] if (work / n / "config.yaml").exists() else anchor_sets for n in (plain, curriculum)}
+
+def train_towers(args, work: Path, names: dict[str, str], schedule: str, anchor_sets: list[str]) -> dict:
+    """Train (or reuse) the wanted towers; a tower not started yet gets its anchor at the tuned blend."""
     runs = {}
-    if "plain" in args.wanted:
-        runs[plain] = train_run(plain, "twotower_plain.yaml", args, work, fresh[plain])
-    if "curriculum" in args.wanted:
-        runs[curriculum] = train_run(
-            curriculum,
-            "twotower_curriculum.yaml",
-            args,
-            work,
-            [f"twotower.schedule={schedule}", *fresh[curriculum]],
-        )
+    for kind, config, extra in (
+        ("plain", "twotower_plain.yaml", []),
+        ("curriculum", "twotower_curriculum.yaml", [f"twotower.schedule={schedule}"]),
+    ):
+        name = names[kind]
+        if kind in args.wanted:
+            fresh = [] if (work / name / "config.yaml").exists() else anchor_sets
+            runs[name] = train_run(name, config, args, work, [*extra, *fresh])
+    return runs
 
-    # The test pairs: held-out articles, the same queries for every system.
+
+def held_out_pairs(args, bank: VectorBank):
+    """The test pairs: held-out articles, the same queries for every system (a seeded sample)."""
     split = make_split(bank, ratios=(0.8, 0.1, 0.1), seed=0)
     test = make_pairs(
         bank, split, ctx=args.ctx, stride=args.stride, split_name="test", min_ctx=args.min_ctx or None
@@ -351,18 +343,20 @@ def main() -> None:
         test = test.subset(
             np.sort(np.random.default_rng(2).choice(len(test), args.test_queries, replace=False))
         )
+    return test
+
+
+def evaluate_all(args, bank: VectorBank, test, blend, runs: dict, device) -> tuple[dict, dict, dict]:
+    """Every heuristic and every tower on the test pairs; (results, comparisons per Recall@k, best epochs)."""
     print(f"evaluating {len(test):,} test pairs against all {len(bank):,} chunks ...", flush=True)
     raw = raw_doc_bank(bank)
     kw = {"ks": KS, "n_boot": args.n_boot, "seed": 0}
-    results = {
-        "copy_last": evaluate_retrieval(
-            build_model("copy_last", bank.dim), test, raw, name="copy_last", **kw
-        ),
-        "exp_weighted": evaluate_retrieval(
-            build_model("exp_weighted", bank.dim, alpha=0.1), test, raw, name="exp_weighted", **kw
-        ),
-        "blend": evaluate_retrieval(blend, test, raw, name="blend", **kw),
+    heuristics = {
+        "copy_last": build_model("copy_last", bank.dim),
+        "exp_weighted": build_model("exp_weighted", bank.dim, alpha=0.1),
+        "blend": blend,
     }
+    results = {n: evaluate_retrieval(m, test, raw, name=n, **kw) for n, m in heuristics.items()}
     best_epochs = {}
     for name, (run_dir, _) in runs.items():
         query, docs, best_epochs[name] = load_tower(run_dir, bank, device)
@@ -371,26 +365,21 @@ def main() -> None:
         m: compare_to_best(results, list(runs), list(HEURISTICS), m, n_boot=args.n_boot, tiebreak="mrr@10")
         for m in (f"recall@{k}" for k in KS)
     }
+    return results, comparisons, best_epochs
+
+
+def markdown(
+    args, bank: VectorBank, n_test: int, results, comparisons, best_epochs, schedule, curriculum
+) -> str:
+    """The table, every tower-vs-heuristic comparison, and the Recall@500 verdicts."""
     columns = (*(f"recall@{k}" for k in KS), "mrr@10", "sep_margin")
-    table = (
-        format_table(results, columns)
-        + "\n"
-        + "\n".join(f"- {c.describe()}" for c in comparisons["recall@500"])
-    )
-    extra = [
-        f"- {c.model} vs {c.baseline} on {c.metric}: {100 * c.diff:+.2f} points "
-        f"(paired 95% CI {100 * c.lo:+.2f} to {100 * c.hi:+.2f}): {c.verdict}"
-        for m in ("recall@10", "recall@100")
-        for c in comparisons[m]
-    ]
-    mining = read_jsonl(runs[curriculum][0] / "mining.jsonl") if curriculum in runs else []
     head = (
         f"Two-tower retrieval on bank {bank.manifest.bank_id} ({len(bank):,} chunks, {bank.n_articles:,} "
-        f"articles, encoder {bank.encoder.name}); ctx {args.ctx}; {len(test):,} test pairs from held-out "
+        f"articles, encoder {bank.encoder.name}); ctx {args.ctx}; {n_test:,} test pairs from held-out "
         f"articles. Towers: bigru_pool hidden {args.hidden}, anchor {args.anchor}, {args.epochs} epochs on at most "
         f"{args.max_train_pairs:,} train pairs (best epoch by val Recall@500: "
         + ", ".join(f"{k} {v}" for k, v in best_epochs.items())
-        + (f"); curriculum `{schedule}`" if curriculum in runs else ")")
+        + (f"); curriculum `{schedule}`" if curriculum in best_epochs else ")")
         + (
             f"; in-article negatives at offsets {args.inarticle_offsets}, weight {args.inarticle_weight:g}"
             if args.inarticle_offsets
@@ -398,12 +387,40 @@ def main() -> None:
         )
         + ".\n\n"
     )
-    md = head + table + "\n" + "\n".join(extra) + "\n"
-    for verdict in comparisons["recall@500"]:
+    lines = [f"- {c.describe()}" for c in comparisons["recall@500"]]
+    lines += [
+        f"- {c.model} vs {c.baseline} on {c.metric}: {100 * c.diff:+.2f} points "
+        f"(paired 95% CI {100 * c.lo:+.2f} to {100 * c.hi:+.2f}): {c.verdict}"
+        for m in ("recall@10", "recall@100")
+        for c in comparisons[m]
+    ]
+    md = head + format_table(results, columns) + "\n" + "\n".join(lines) + "\n"
+    for v in comparisons["recall@500"]:
         md += (
-            f"\n{verdict.model} vs the best heuristic on Recall@500: **{verdict.verdict}** "
-            f"({100 * verdict.diff:+.2f} points, paired 95% CI {100 * verdict.lo:+.2f} to {100 * verdict.hi:+.2f}).\n"
+            f"\n{v.model} vs the best heuristic on Recall@500: **{v.verdict}** "
+            f"({100 * v.diff:+.2f} points, paired 95% CI {100 * v.lo:+.2f} to {100 * v.hi:+.2f}).\n"
         )
+    return md
+
+
+def main() -> None:
+    args = parse_args()
+    work, out_json, suffix = setup(args)
+    names = {"plain": f"twotower_plain{suffix}", "curriculum": f"twotower_curriculum{suffix}"}
+    schedule = args.schedule or default_schedule(args.epochs)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    bank = VectorBank.open(args.bank)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    t_start = time.perf_counter()
+    print(
+        f"bank {bank.path}: {len(bank):,} chunks, {bank.n_articles:,} articles; ctx {args.ctx}; schedule {schedule}"
+    )
+    blend, blend_info, anchor_sets = heuristic_blend(args, bank, work, tuple(names.values()))
+    runs = train_towers(args, work, names, schedule, anchor_sets)
+    test = held_out_pairs(args, bank)
+    results, comparisons, best_epochs = evaluate_all(args, bank, test, blend, runs, device)
+    curriculum = names["curriculum"]
+    md = markdown(args, bank, len(test), results, comparisons, best_epochs, schedule, curriculum)
     payload = {
         "bank": str(bank.path),
         "bank_id": bank.manifest.bank_id,
@@ -418,14 +435,14 @@ def main() -> None:
         "blend": blend_info,
         "best_epochs": best_epochs,
         "train_seconds": {k: round(v[1], 1) for k, v in runs.items()},
-        "mining": mining,
+        "mining": read_jsonl(runs[curriculum][0] / "mining.jsonl") if curriculum in runs else [],
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(device)},
     }
     write_json(out_json, payload)
-    write_text(out_md, md)
+    write_text(out_json.with_suffix(".md"), md)
     print(md)
-    print(f"wrote {out_json} and {out_md} ({payload['total_seconds']:.0f} s)")
+    print(f"wrote {out_json} and {out_json.with_suffix('.md')} ({payload['total_seconds']:.0f} s)")
     if not all(math.isfinite(results[n].metrics["recall@500"]) for n in results):
         raise SystemExit("a system has no Recall@500: see the table")
 
