@@ -105,7 +105,11 @@ def main() -> None:
     ap.add_argument("--model", default="gru", help="configs/MODEL.yaml")
     ap.add_argument("--override", action="append", default=[], help="key=value for every run (repeatable)")
     ap.add_argument("--base-ctx", type=int, default=5, help="ctx of the size sweep")
-    ap.add_argument("--sizes", default="16000,64000,250000,1000000", help="training windows (capped: all)")
+    ap.add_argument(
+        "--sizes",
+        default="16000,64000,250000,1000000",
+        help='training windows of the size sweep (capped: all; "" = none)',
+    )
     ap.add_argument("--ctxs", default="5,20,100,500", help='context lengths of the ctx sweep ("" = none)')
     ap.add_argument("--ctx-train-windows", type=int, default=64000, help="training windows in the ctx sweep")
     ap.add_argument("--min-ctx", type=int, default=5, help="real context chunks every window has")
@@ -121,7 +125,7 @@ def main() -> None:
     elif not args.bank:
         ap.error("give --bank, or --smoke")
     bank = VectorBank.open(args.bank)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]  # "" = no size sweep
     ctxs = [int(c) for c in args.ctxs.split(",") if c]  # "" = no ctx sweep
     t0 = time.perf_counter()
     payload = {"bank": str(args.bank), "bank_id": bank.manifest.bank_id, "bank_chunks": len(bank),
@@ -136,13 +140,14 @@ def main() -> None:
         if png:
             Path(args.out).with_suffix(".png").write_bytes(png)
 
-    runs = {f"{args.model}@{s}": run(args, args.base_ctx, s, f"ctx{args.base_ctx}-n{s}") for s in sizes}
-    suite, n_test = evaluate(args, bank, runs, args.base_ctx)
-    for key, r in runs.items():
-        payload["points"].append(point("size", suite, key, args.base_ctx, _train_windows(r), args))
-    payload["suites"][f"size@ctx{args.base_ctx}"] = suite.to_dict()
-    md.append(f"### size sweep, ctx {args.base_ctx}, {n_test} test windows\n\n{format_table(suite)}\n")
-    save()
+    if sizes:
+        runs = {f"{args.model}@{s}": run(args, args.base_ctx, s, f"ctx{args.base_ctx}-n{s}") for s in sizes}
+        suite, n_test = evaluate(args, bank, runs, args.base_ctx)
+        for key, r in runs.items():
+            payload["points"].append(point("size", suite, key, args.base_ctx, _train_windows(r), args))
+        payload["suites"][f"size@ctx{args.base_ctx}"] = suite.to_dict()
+        md.append(f"### size sweep, ctx {args.base_ctx}, {n_test} test windows\n\n{format_table(suite)}\n")
+        save()
     for ctx in ctxs:
         key = f"{args.model}@ctx{ctx}"
         r = run(args, ctx, args.ctx_train_windows, f"ctx{ctx}-n{args.ctx_train_windows}")

@@ -107,7 +107,7 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
       --schedule "1:none;2:8@p90-p99;3:16@p95-p99.5" --out benchmarks/results/twotower_big.json
   # scaling in context length (not reached in session 4): ctx 5 / 20 / 100 / 500 at 16k windows
-  $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes 16000 --ctxs 5,20,100,500 \
+  $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes "" --ctxs 5,20,100,500 \
       --ctx-train-windows 16000 --epochs 2 --max-eval-queries 500 --max-test-queries 1000 \
       --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big_ctx.json
   # lever at scale (val only): the 250k sweep config + in-article negatives (target+1, weight 0.2)
