@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--models", default="gru")
     ap.add_argument("--variant", action="append", default=[], help="NAME=key=value;key=value (repeatable)")
     ap.add_argument("--override", action="append", default=[], help="key=value for every run")
+    ap.add_argument(
+        "--max-queries", type=int, default=None, help="val windows (default: the first run's cap)"
+    )
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR: a finished run to compare too")
     ap.add_argument("--ctx", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=6)
@@ -141,7 +144,7 @@ def main() -> None:
         ):
             raise SystemExit(f"run {key} used another split or ctx; cannot compare on the same windows")
     val = make_windows(bank, split, "val", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
-    val = val.sample(d.max_eval_queries, cfg0.seed + 1)  # the runs' own val sample
+    val = val.sample(args.max_queries or d.max_eval_queries, cfg0.seed + 1)  # the runs' own val sample
     train_w = make_windows(bank, split, "train", d.ctx, stride=d.stride, min_ctx=d.min_ctx, pad=d.pad)
     predictors = {k: load_model(RunPaths(r).best, bank=bank)[0] for k, r in runs.items()}
     suite = evaluate_suite(
