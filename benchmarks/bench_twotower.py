@@ -5,7 +5,8 @@ run trained on), each by exact search over every chunk of BANK with the query's 
 
     copy_last            the last context vector as the query
     exp_weighted         the exponentially weighted context (alpha 0.1)
-    blend                normalize(w last + (1 - w) exp_weighted(alpha)), (w, alpha) chosen on val pairs
+    blend                normalize(w last + (1 - w) exp_weighted(alpha)), (w, alpha) chosen on val pairs once
+                         per table; with --anchor blend or mix both towers start at it (``heuristic_blend``)
     twotower_plain       configs/twotower_plain.yaml: in-batch + memory-bank negatives, no mining
     twotower_curriculum  configs/twotower_curriculum.yaml: the same plus the hard-negative curriculum
 
