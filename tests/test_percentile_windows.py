@@ -9,6 +9,7 @@ import pytest
 
 from lvmkit.errors import ConfigError
 from lvmkit.train.mining import (
+    PERCENTILE_DEPTH,
     Stage,
     format_mining_stats,
     mine_negatives,
@@ -80,11 +81,12 @@ def test_neighbour_cosines_and_resolution_match_numpy():
     np.testing.assert_allclose(np.sort(got), np.sort(want), atol=1e-6)
     stage = Stage(1, 3, 4, 90.0, 99.0, pct=True)
     resolved, info = resolve_stage(stage, q, pos, art, search, lambda r: bank[r], candidate_factor=4)
-    k = stage.factor(4) * 4
-    lo, hi = np.percentile(brute_cosines(bank, art, pos, q, k), [90, 99])
+    ref = brute_cosines(bank, art, pos, q, PERCENTILE_DEPTH)  # the one reference: top-DEPTH safe neighbours
+    lo, hi = np.percentile(ref, [90, 99])
     assert (resolved.lo, resolved.hi) == pytest.approx((lo, hi), abs=1e-6) and not resolved.pct
     assert info["percentiles"] == [90.0, 99.0] and info["candidate_factor"] == stage.factor(4)
-    assert info["n_cosines"] == len(brute_cosines(bank, art, pos, q, k))
+    assert info["n_cosines"] == len(ref) and info["depth"] == PERCENTILE_DEPTH
+    assert info["in_window_per_query"] == pytest.approx(np.sum((ref >= lo) & (ref <= hi)) / len(q), abs=1e-9)
     # an absolute stage passes through unchanged
     plain = Stage(1, 3, 4, 0.1, 0.5)
     assert resolve_stage(plain, q, pos, art, search, lambda r: bank[r], 4)[0] is plain
@@ -96,7 +98,7 @@ def test_a_percentile_window_fills_the_wanted_count():
     resolved, info = resolve_stage(stage, q, pos, art, search, lambda r: bank[r], candidate_factor=4)
     ids, stats = mine_negatives(
         q, np.arange(len(q)), pos, art, search, lambda r: bank[r], 8, resolved.lo, resolved.hi,
-        candidate_factor=info.pop("candidate_factor"),
+        candidate_factor=info.pop("candidate_factor"), candidates=info.pop("candidates"),
     )  # fmt: skip
     stats.update(info)
     assert (
@@ -105,3 +107,76 @@ def test_a_percentile_window_fills_the_wanted_count():
     kept_cos = [float(q[i] @ bank[r]) for i in range(len(q)) for r in ids[i] if r >= 0]
     assert min(kept_cos) >= resolved.lo - 1e-6
     assert "p80-p95 of" in format_mining_stats(stats)
+
+
+def resolve(stage: Stage, seed: int = 0, candidate_factor: int = 4):
+    bank, art, pos, q, search = toy(seed)
+    return resolve_stage(stage, q, pos, art, search, lambda r: bank[r], candidate_factor=candidate_factor)
+
+
+def test_the_window_does_not_depend_on_count_or_factor():
+    """The same percentiles resolve to the same cosines whatever the stage's count and candidate factor (the
+    defect: the reference pool was factor x count deep, so p90-p99 moved with the count)."""
+    windows = {
+        (count, cf): resolve(Stage(1, 1, count, 90.0, 99.0, pct=True), candidate_factor=cf)[0]
+        for count in (1, 2, 8, 16, 64)
+        for cf in (1, 4, 50)
+    }
+    first = next(iter(windows.values()))
+    assert all((w.lo, w.hi) == (first.lo, first.hi) for w in windows.values())
+
+
+def test_higher_percentiles_resolve_to_a_window_at_least_as_high():
+    """Monotone: a later stage asking for higher percentiles never gets an easier window (epoch 3's
+    16@p95-p99.5 once resolved below epoch 2's 8@p90-p99)."""
+    pairs = [(50, 80), (80, 90), (90, 99), (95, 99.5), (97, 100)]
+    for seed in (0, 1, 2):
+        for count in (1, 8, 16):
+            res = [resolve(Stage(1, 1, count, lo, hi, pct=True), seed)[0] for lo, hi in pairs]
+            for a, b in zip(res, res[1:], strict=False):
+                assert b.lo >= a.lo and b.hi >= a.hi
+    e2 = resolve(Stage(2, 2, 8, 90.0, 99.0, pct=True))[0]
+    e3 = resolve(Stage(3, 3, 16, 95.0, 99.5, pct=True))[0]
+    assert e3.lo >= e2.lo and e3.hi >= e2.hi
+
+
+def test_the_pool_width_rule():
+    """``Stage.candidates``: factor x count, and for a percentile window at least PERCENTILE_DEPTH."""
+    assert Stage(1, 1, 8, 0.5, 0.9).candidates(4) == 32  # absolute window: the candidate_factor rule
+    assert Stage(1, 1, 8, 90.0, 99.0, pct=True).candidates(4) == math.ceil(200 / 9) * 8  # 176 > depth
+    assert Stage(1, 1, 2, 90.0, 99.0, pct=True).candidates(4) == PERCENTILE_DEPTH  # 44 < depth
+    assert Stage(1, 1, 2, 0.0, 100.0, pct=True).candidates(80) == 160  # a larger configured factor stays
+    # resolve_stage reports it and mine_negatives searches exactly that many candidates
+    bank, art, pos, q, search = toy()
+    seen = []
+
+    def spy(queries, k):
+        seen.append(k)
+        return search(queries, k)
+
+    stage = Stage(1, 1, 2, 90.0, 99.0, pct=True)
+    resolved, info = resolve_stage(stage, q, pos, art, spy, lambda r: bank[r], candidate_factor=4)
+    assert info["candidates"] == PERCENTILE_DEPTH and seen == [PERCENTILE_DEPTH]
+    _, stats = mine_negatives(
+        q, np.arange(len(q)), pos, art, spy, lambda r: bank[r], 2, resolved.lo, resolved.hi,
+        candidate_factor=info["candidate_factor"], candidates=info["candidates"],
+    )  # fmt: skip
+    assert seen[1:] == [PERCENTILE_DEPTH] and stats["pool"] == PERCENTILE_DEPTH
+    assert stats["candidates"] == len(q) * PERCENTILE_DEPTH
+    # without ``candidates`` the plain rule: candidate_factor x count
+    _, stats = mine_negatives(q, np.arange(len(q)), pos, art, spy, lambda r: bank[r], 2, 0.0, 1.0)
+    assert seen[-1] == 8 and stats["pool"] == 8
+
+
+def test_a_window_too_narrow_for_the_count_warns_and_still_mines():
+    narrow = Stage(3, 3, 16, 95.0, 99.5, pct=True)  # 4.5% of 100 neighbours: ~4.5 per query < 16
+    resolved, info = resolve(narrow)
+    assert info["in_window_per_query"] < 16
+    assert "3:16@p95.0-p99.5" in info["warning"] and "smaller count" in info["warning"]
+    stats = {"pairs": 30, "count": 16, "kept": 0, "padded": 0, "missing": 0, "mean_cos_kept": 0.0,
+             **{f"dropped_{r}": 0 for r in ("positive", "same_article", "near_dup", "window")}, **info}  # fmt: skip
+    line = format_mining_stats(stats)
+    assert "WARNING: mining stage 3:16@p95.0-p99.5" in line and f"top-{PERCENTILE_DEPTH} safe" in line
+    wide = Stage(3, 3, 4, 50.0, 99.0, pct=True)  # ~49 per query >= 4
+    _, info = resolve(wide)
+    assert info["in_window_per_query"] >= 4 and "warning" not in info

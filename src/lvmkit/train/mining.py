@@ -13,10 +13,15 @@ Stages are ``FIRST-LAST:SPEC`` joined by ``;`` (``N:SPEC`` is a one-epoch stage)
 ``COUNT@LO-HI``: COUNT >= 0 negatives per pair whose cosine to the query lies in [LO, HI], with
 -1 <= LO < HI <= 1, or ``COUNT@pLO-pHI`` (e.g. ``6-10:8@p90-p99``): a window given as percentiles
 0 <= LO < HI <= 100 of the query-neighbour cosine distribution, so that it fits the encoder. At each mining
-epoch it is resolved (``resolve_stage``) from the cosines between up to 2,000 train queries (the current
-tower's) and their top ``factor x count`` bank neighbours that pass the safety rules below
-(``neighbour_cosines``); the pool is then made large enough that the window can fill ``count``
-(``Stage.factor``: at least 2 x 100 / (HI - LO) candidates per wanted negative). Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
+epoch it is resolved (``resolve_stage``) over ONE fixed reference distribution: cos(q, n) for up to
+``PERCENTILE_SAMPLE`` (2,000) train queries (the current tower's) and their top ``PERCENTILE_DEPTH`` (100) bank
+neighbours that pass the safety rules below (``neighbour_cosines``). The depth does not depend on the stage,
+so ``p90-p99`` means the same thing whatever the count, and a stage with higher percentiles always resolves to
+a window at least as high. The pool of a percentile stage is then at least ``PERCENTILE_DEPTH`` deep and at
+least ``factor x count`` (``Stage.candidates``; ``Stage.factor``: at least 2 x 100 / (HI - LO) candidates per
+wanted negative). When the reference puts on average fewer than ``count`` in-window neighbours per query,
+the window cannot fill the count: the stats carry a ``warning`` (wider window or smaller count), padding makes
+up the rest. Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
 trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply never runs). Every
 mistake is a ``ConfigError`` that quotes the stage. ``Schedule.describe()`` prints the plan epoch by epoch
 (``lvmkit diagnose data`` shows it through ``describe_schedule``).
@@ -29,7 +34,8 @@ Mining (ANCE-style refresh)
 ---------------------------
 At the start of every epoch whose stage asks for negatives, the trainer re-encodes every training query
 with the *current* query tower and calls ``mine_negatives``. For each pair it searches the document space
-for the top ``4 x count`` candidates and walks them best first, dropping, in this order (each drop is
+for the top ``Stage.candidates`` candidates (``candidate_factor x count``, default 4 x count; deeper for a
+percentile window, see above) and walks them best first, dropping, in this order (each drop is
 counted under its rule):
 
     positive      the pair's own target chunk
@@ -67,6 +73,7 @@ _SPEC = re.compile(
     r"^(?P<n>-?\d+)@(?P<p>p?)(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<q>p?)(?P<hi>-?[0-9.]+(?:e-?\d+)?)$"
 )
 PERCENTILE_SAMPLE = 2000  # train queries whose neighbour cosines resolve a percentile window
+PERCENTILE_DEPTH = 100  # each sampled query's top-DEPTH safe neighbours: the one reference distribution
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -93,6 +100,13 @@ class Stage:
         if not self.pct:
             return int(configured)
         return max(int(configured), math.ceil(2 * 100 / (self.hi - self.lo)))
+
+    def candidates(self, configured: int) -> int:
+        """Candidates searched per query (the one place that decides the pool width): ``factor x count``,
+        and for a percentile window at least ``PERCENTILE_DEPTH``, so the pool holds the whole reference
+        depth the window was resolved over."""
+        width = self.factor(configured) * self.count
+        return max(width, PERCENTILE_DEPTH) if self.pct else width
 
     def resolve(self, cosines: np.ndarray) -> Stage:
         """The same stage with its percentile window turned into cosines of ``cosines`` (no-op otherwise)."""
@@ -171,7 +185,8 @@ class Schedule:
             elif s.pct:
                 what = (
                     f"{s.count} mined negatives per pair, cos(q, n) between the p{s.lo:g} and p{s.hi:g} of the "
-                    "query-neighbour cosines (resolved when mining)"
+                    f"query-neighbour cosines (each query's top {PERCENTILE_DEPTH} safe neighbours; resolved "
+                    "when mining)"
                 )
             else:
                 what = f"{s.count} mined negatives per pair, cos(q, n) in [{s.lo:g}, {s.hi:g}]"
@@ -370,21 +385,37 @@ def neighbour_cosines(
 
 def resolve_stage(stage: Stage, queries, positives, article_of_row, search, doc_vectors, candidate_factor,
                   near_dup: float = NEAR_DUP_COS, seed: int = 0) -> tuple[Stage, dict[str, Any]]:  # fmt: skip
-    """A percentile stage resolved to cosines on these queries (others unchanged), and what it was resolved
-    from: {"percentiles", "window", "n_cosines", "candidate_factor"}."""
-    factor = stage.factor(candidate_factor)
+    """A percentile stage resolved to cosines on these queries (others unchanged), and how to mine it:
+    {"candidates" (the pool width per query, ``Stage.candidates``), "candidate_factor"}, and for a percentile
+    stage also {"percentiles", "window", "depth", "n_cosines", "in_window_per_query"} and, when the window
+    holds on average fewer than ``count`` reference neighbours per query, a "warning"."""
+    info: dict[str, Any] = {
+        "candidates": stage.candidates(candidate_factor),
+        "candidate_factor": stage.factor(candidate_factor),
+    }
     if not stage.pct or not stage.mines:
-        return stage, {"candidate_factor": factor}
+        return stage, info
     cos = neighbour_cosines(
-        queries, positives, article_of_row, search, doc_vectors, factor * stage.count, near_dup, seed=seed
+        queries, positives, article_of_row, search, doc_vectors, PERCENTILE_DEPTH, near_dup, seed=seed
     )
     resolved = stage.resolve(cos)
-    return resolved, {
-        "percentiles": [stage.lo, stage.hi],
-        "window": [resolved.lo, resolved.hi],
-        "n_cosines": int(cos.size),
-        "candidate_factor": factor,
-    }
+    n_queries = min(len(queries), PERCENTILE_SAMPLE)
+    per_query = float(np.count_nonzero((cos >= resolved.lo) & (cos <= resolved.hi))) / max(n_queries, 1)
+    info.update(
+        percentiles=[stage.lo, stage.hi],
+        window=[resolved.lo, resolved.hi],
+        depth=PERCENTILE_DEPTH,
+        n_cosines=int(cos.size),
+        in_window_per_query=per_query,
+    )
+    if per_query < stage.count:
+        info["warning"] = (
+            f"mining stage {stage}: the window p{stage.lo:g}-p{stage.hi:g} (cos {resolved.lo:.4f}-"
+            f"{resolved.hi:.4f}) holds on average {per_query:.1f} of each query's top-{PERCENTILE_DEPTH} safe "
+            f"neighbours, fewer than the {stage.count} wanted; most pairs will be padded from outside the "
+            "window. Use a wider window (a lower LO) or a smaller count"
+        )
+    return resolved, info
 
 
 def mine_negatives(
@@ -401,6 +432,7 @@ def mine_negatives(
     candidate_factor: int = CANDIDATE_FACTOR,
     width: int | None = None,
     block: int = 1024,
+    candidates: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Mine ``count`` negatives per query (see the module docstring for the rules).
 
@@ -412,6 +444,8 @@ def mine_negatives(
     search         ``search(queries, k) -> (scores, ids)`` over the document space (inner product = cosine)
     doc_vectors    ``doc_vectors(rows) -> [len(rows), d]`` unit document vectors (for cos(pos, n))
     width          columns of the result (default ``count``; more columns are -1)
+    candidates     candidates searched per query (default ``candidate_factor x count``; the trainer passes
+                   ``Stage.candidates``, deeper for a percentile window)
 
     Returns (ids int64 [P, width], stats): stats count candidates dropped by each rule, negatives kept in
     the window, padded from outside it, and missing, and the mean cosine of the kept ones.
@@ -421,7 +455,7 @@ def mine_negatives(
     P = len(queries)
     count, width = int(count), int(count if width is None else width)
     _check_mining_args(P, pair_ids, positives, count, width, lo, hi)
-    k = candidate_factor * count
+    k = int(candidates) if candidates is not None else candidate_factor * count
     out = np.full((P, width), -1, dtype=np.int64)
     dropped = dict.fromkeys(RULES, 0)
     totals = np.zeros(4)  # kept, sum of kept cosines, padded, missing
@@ -440,6 +474,7 @@ def mine_negatives(
         "count": count,
         "window": [float(lo), float(hi)],
         "candidates": int(P * k),
+        "pool": int(k),
         "kept": int(kept),
         "padded": int(padded),
         "missing": int(missing),
@@ -499,15 +534,21 @@ def _fill_rows(out: np.ndarray, ids, scores, good, spare, count: int) -> np.ndar
 
 
 def format_mining_stats(stats: dict[str, Any]) -> str:
-    """One line for train.log: what mining kept, dropped by each rule, padded, and the mean kept cosine."""
+    """One line for train.log: what mining kept, dropped by each rule, padded, and the mean kept cosine (and
+    for a percentile window, what it was resolved from and any warning)."""
     lo, hi = stats["window"]
     pct = stats.get("percentiles")
-    frm = f" (p{pct[0]:g}-p{pct[1]:g} of {stats['n_cosines']} query-neighbour cosines)" if pct else ""
+    frm = ""
+    if pct:
+        depth = f" (top-{stats['depth']} safe neighbours)" if "depth" in stats else ""
+        frm = f" (p{pct[0]:g}-p{pct[1]:g} of {stats['n_cosines']} query-neighbour cosines{depth})"
+    pool = f" from {stats['pool']} candidates each" if "pool" in stats else ""
+    warning = f"; WARNING: {stats['warning']}" if stats.get("warning") else ""
     return (
-        f"mined {stats['count']}@{lo:.4g}-{hi:.4g}{frm} for {stats['pairs']} pairs: kept {stats['kept']}, "
+        f"mined {stats['count']}@{lo:.4g}-{hi:.4g}{frm} for {stats['pairs']} pairs{pool}: kept {stats['kept']}, "
         f"padded {stats['padded']}, missing {stats['missing']}; dropped positive {stats['dropped_positive']}, "
         f"same_article {stats['dropped_same_article']}, near_dup {stats['dropped_near_dup']}, "
-        f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}"
+        f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}{warning}"
     )
 
 

@@ -35,7 +35,8 @@ def mine_epoch(
     mine_idx = np.arange(rank, len(train), world)
     queries = encode_windows(query, train, mine_idx, batch_size, dist.device)
     rule_args = (train.targets[mine_idx], train.bank.article_codes, lambda q, k: docs.search(q, k), docs.get)
-    # a percentile window (8@p90-p99) becomes cosines of this epoch's query-neighbour distribution
+    # a percentile window (8@p90-p99) becomes cosines of this epoch's top-PERCENTILE_DEPTH query-neighbour
+    # distribution; ``resolved["candidates"]`` (Stage.candidates) is the pool width
     stage, resolved = resolve_stage(stage, queries, *rule_args, candidate_factor, near_dup, seed=epoch)
     ids, stats = mine_negatives(
         queries,
@@ -45,7 +46,8 @@ def mine_epoch(
         stage.lo,
         stage.hi,
         near_dup=near_dup,
-        candidate_factor=resolved.pop("candidate_factor"),
+        candidate_factor=resolved["candidate_factor"],
+        candidates=resolved.pop("candidates"),
     )
     stats.update(resolved)
     mined_ids = pair_ids[mine_idx]

@@ -172,7 +172,10 @@ class TwoTowerTask(SamplerEpochs):
         self.store = self.mine(epoch)
         if self.dist.is_main and self.run is not None:
             append_jsonl(self.run.root / MINING_LOG, {"epoch": epoch, **self.store.stats})
-        return {"mining": format_mining_stats(self.store.stats)}
+        info = {"mining": format_mining_stats(self.store.stats)}
+        if self.store.stats.get("warning"):  # a percentile window too narrow for the count: say so apart
+            info["WARNING"] = self.store.stats["warning"]
+        return info
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[PairBatch]:
         self.sampler.set_epoch(epoch)
