@@ -213,18 +213,24 @@ def tiny_overrides(bank, *extra):
     ]
 
 
-def test_mined_negatives_stay_with_their_pair_after_reshuffles(make_bank, tmp_path):
+def curriculum_task(make_bank, tmp_path, epochs: int, schedule: str):
+    """A two-tower task on the planted bank with this curriculum, its run in tmp_path/run: (task, bank,
+    decoys, run)."""
     from lvmkit.train import distributed as Dist
     from lvmkit.train.runs import RunPaths
 
     bank, decoys = planted_bank(make_bank, tmp_path)
     cfg = load_config(
         "configs/twotower_curriculum.yaml",
-        tiny_overrides(bank, "optim.epochs=3", "twotower.schedule=0:none;1-3:2@0.84-0.96"),
+        tiny_overrides(bank, f"optim.epochs={epochs}", f"twotower.schedule={schedule}"),
     )
     run = RunPaths(tmp_path / "run")
     run.root.mkdir()
-    task = TwoTowerTask.from_config(cfg, run, Dist.DistInfo(), np.random.default_rng(0))
+    return TwoTowerTask.from_config(cfg, run, Dist.DistInfo(), np.random.default_rng(0)), bank, decoys, run
+
+
+def test_mined_negatives_stay_with_their_pair_after_reshuffles(make_bank, tmp_path):
+    task, bank, decoys, run = curriculum_task(make_bank, tmp_path, 3, "0:none;1-3:2@0.84-0.96")
     task.query = build_model("copy_last", bank.dim)  # any LVM can be the query tower; this one is predictable
     assert len(task.train) >= 20
     orders = []
@@ -247,22 +253,13 @@ def test_mined_negatives_stay_with_their_pair_after_reshuffles(make_bank, tmp_pa
 def test_a_percentile_stage_logs_its_depth_pool_and_a_too_narrow_window(make_bank, tmp_path):
     """mine_epoch resolves over the fixed top-PERCENTILE_DEPTH reference, searches Stage.candidates deep, and
     the mining log says so; a window too narrow for its count is a warning in the epoch's log, not an error."""
-    from lvmkit.train import distributed as Dist
     from lvmkit.train.mining import PERCENTILE_DEPTH
-    from lvmkit.train.runs import RunPaths
 
-    bank, _ = planted_bank(make_bank, tmp_path)
-    cfg = load_config(
-        "configs/twotower_curriculum.yaml",
-        tiny_overrides(bank, "optim.epochs=2", "twotower.schedule=1:2@p0-p100;2:8@p99-p100"),
-    )
-    run = RunPaths(tmp_path / "run")
-    run.root.mkdir()
-    task = TwoTowerTask.from_config(cfg, run, Dist.DistInfo(), np.random.default_rng(0))
+    task, _, _, run = curriculum_task(make_bank, tmp_path, 2, "1:2@p0-p100;2:8@p99-p100")
     infos = [task.on_epoch_start(epoch) for epoch in (1, 2)]
     rows = read_jsonl(run.root / "mining.jsonl")
     assert [r["depth"] for r in rows] == [PERCENTILE_DEPTH] * 2
-    cf = max(cfg.twotower.candidate_factor, 2)  # p0-p100 raises the factor to 2 x 100 / 100 at least
+    cf = max(task.tt.candidate_factor, 2)  # p0-p100 raises the factor to 2 x 100 / 100 at least
     assert [r["pool"] for r in rows] == [max(PERCENTILE_DEPTH, cf * 2), 200 * 8]  # p99-p100: factor 200
     assert rows[0]["candidate_factor"] == cf and "warning" not in rows[0] and "WARNING" not in infos[0]
     assert "2:8@p99.0-p100.0" in rows[1]["warning"] and infos[1]["WARNING"] == rows[1]["warning"]
