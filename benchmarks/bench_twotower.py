@@ -46,7 +46,7 @@ from lvmkit.artifacts import read_jsonl, write_json, write_text
 from lvmkit.bank import VectorBank
 from lvmkit.bank.index import exact_index
 from lvmkit.data import make_pairs, make_split
-from lvmkit.eval.evaluator import compare_to_best, format_table
+from lvmkit.eval.evaluator import compare_all, compare_to_best, format_comparisons, format_table
 from lvmkit.eval.tuning import fit_blend
 from lvmkit.models import build_model
 from lvmkit.models.towers import build_doc_tower
@@ -362,10 +362,13 @@ def evaluate_all(args, bank: VectorBank, test, blend, runs: dict, device) -> tup
     for name, (run_dir, _) in runs.items():
         query, docs, best_epochs[name] = load_tower(run_dir, bank, device)
         results[name] = evaluate_retrieval(query, test, docs, name=name, **kw)
+    recalls = [f"recall@{k}" for k in KS]
     comparisons = {
         m: compare_to_best(results, list(runs), list(HEURISTICS), m, n_boot=args.n_boot, tiebreak="mrr@10")
-        for m in (f"recall@{k}" for k in KS)
+        for m in recalls
     }
+    # and every tower against every heuristic at every Recall@k (the bar is exp_weighted)
+    comparisons["all"] = compare_all(results, list(runs), list(HEURISTICS), recalls, args.n_boot or 1000, 0)
     return results, comparisons, best_epochs
 
 
@@ -395,7 +398,8 @@ def markdown(
         for m in ("recall@10", "recall@100")
         for c in comparisons[m]
     ]
-    md = head + format_table(results, columns) + "\n" + "\n".join(lines) + "\n"
+    md = head + format_table(results, columns) + "\n" + "\n".join(lines) + "\n\n"
+    md += format_comparisons(comparisons["all"]) + "\n"
     for v in comparisons["recall@500"]:
         md += (
             f"\n{v.model} vs the best heuristic on Recall@500: **{v.verdict}** "

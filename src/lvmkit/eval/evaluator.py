@@ -670,12 +670,14 @@ def compare_to_best(
     return compare_all(results, models, [best], [metric], int(n_boot) or 1000, seed)
 
 
-def format_comparisons(suite: SuiteResult) -> str:
-    """A Markdown table per model: its paired difference (points, 95% CI) to every baseline at every Hit@k;
-    ``+`` marks a CI above 0, ``-`` one below 0."""
+def format_comparisons(suite: SuiteResult | list[Comparison]) -> str:
+    """A Markdown table per model: its paired difference (points, 95% CI) to every baseline at every metric
+    compared (a suite's ``all_comparisons``, or a list from ``compare_all``); ``+`` marks a CI above 0, ``-``
+    one below 0."""
+    comparisons = suite.all_comparisons if isinstance(suite, SuiteResult) else list(suite)
     lines: list[str] = []
-    for model in dict.fromkeys(c.model for c in suite.all_comparisons):
-        rows = [c for c in suite.all_comparisons if c.model == model]
+    for model in dict.fromkeys(c.model for c in comparisons):
+        rows = [c for c in comparisons if c.model == model]
         metrics = list(dict.fromkeys(c.metric for c in rows))
         lines += [
             f"{model} minus each baseline (points of the metric, paired 95% CI; + better, - worse):",
