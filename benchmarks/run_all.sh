@@ -106,9 +106,9 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   # two-tower: plain vs the percentile curriculum (windows calibrated to the encoder), kept counts in the JSON
   $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
       --schedule "1:none;2:8@p90-p99;3:16@p95-p99.5" --out benchmarks/results/twotower_big.json
-  # scaling in context length (not reached in session 4): ctx 5 / 20 / 100 / 500 at 16k windows
+  # scaling in context length (session 5): ctx 5 / 20 / 100 / 500 at 16k windows; blend tuned on 300 val windows
   $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes "" --ctxs 5,20,100,500 \
-      --ctx-train-windows 16000 --epochs 2 --max-eval-queries 500 --max-test-queries 1000 \
+      --ctx-train-windows 16000 --epochs 2 --max-eval-queries 300 --max-test-queries 1000 \
       --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big_ctx.json
   # lever at scale (val only): the 250k sweep config + in-article negatives (target+1, weight 0.2)
   detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
@@ -119,8 +119,7 @@ if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, al
   BIG=banks/enwiki8k; L=benchmarks/work/levers_big
   # (1) in-article negatives at 250k windows: the `detached $W/ctx5/amn_neg` run of the bigbank step above.
   # (2) the LVM trained by the two-tower task (doc tower identity: its query tower IS an LVM), so it sees a
-  #     50,000-vector memory bank of negatives, and with the curriculum also mined hard negatives (other
-  #     articles' chunks within the p90-p99 query-neighbour cosine window). amn, anchor mix started at the
+  #     50,000-vector memory bank of negatives (mined negatives: the commented-out run below). amn, anchor mix at the
   #     blend val chose for the ctx-5 table (w=0, alpha=0.5); 32,000 train windows x 3 epochs, best by val MRR@10.
   TL=(--set bank=$BIG --set data.ctx=5 --set data.min_ctx=5 --set data.batch_size=256
       --set data.max_train_windows=32000 --set data.max_eval_queries=1000 --set final_eval=false
@@ -131,7 +130,7 @@ if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, al
   detached $L/amn_tower_plain configs/twotower_plain.yaml "${TL[@]}"
   # not run in session 5 (its two mining passes over 32k windows cost ~20 min of CPU): the same + mined negatives
   #   detached $L/amn_tower_mined configs/twotower_plain.yaml "${TL[@]}" --set "twotower.schedule=1:none;2-3:8@p90-p99"
-  # (3) the other families and a wider amn (hidden 512), each beside the 250k-window amn of the size sweep: the same
+  # (3) the other two families, each beside the 250k-window amn of the size sweep: the same
   #     settings, anchor started where that run's val tuning put it (w=0.2, alpha=0.2), 250k windows x 2 epochs
   CFG=(--set model.delta=false --set model.kwargs.anchor=mix --set model.kwargs.anchor_w=0.2 --set model.kwargs.anchor_alpha=0.2
        --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05}" --set optim.lr=0.0001 --set optim.warmup_steps=200
@@ -139,13 +138,14 @@ if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, al
   A=(--set bank=$BIG --set data.ctx=5 --set optim.epochs=2 --set final_eval=false --set data.max_eval_queries=500
      --set data.min_ctx=5 --set data.max_train_windows=250000 "${CFG[@]}")
   for m in gru mamba; do detached $L/${m}_250k configs/$m.yaml "${A[@]}"; done
-  detached $L/amn_250k_h512 configs/amn.yaml "${A[@]}" --set model.kwargs.hidden=512
+  # not run in session 5 (time): a wider amn, the capacity lever
+  #   detached $L/amn_250k_h512 configs/amn.yaml "${A[@]}" --set model.kwargs.hidden=512
   # all of them beside every baseline on 1,000 val windows (the ctx-5 table run's val sample; paired CIs)
   W=benchmarks/work/lvm_big
   $PY benchmarks/bench_levers.py --bank $BIG --models "" --run amn_701k=$W/ctx5/amn \
       --run amn_250k=benchmarks/work/scaling_big/ctx5-n250000 --run amn_250k_inarticle=$W/ctx5/amn_neg \
       --run gru_250k=$L/gru_250k --run mamba_250k=$L/mamba_250k \
-      --run amn_250k_hidden512=$L/amn_250k_h512 --run amn_tower_memory=$L/amn_tower_plain --max-queries 1000 \
+      --run amn_tower_memory=$L/amn_tower_plain --max-queries 1000 \
       --out benchmarks/results/levers_big_ctx5.json
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
