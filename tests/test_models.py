@@ -303,3 +303,20 @@ def test_transformer_sinusoidal_positions_and_max_len():
             model(rand_ctx(1, 9))
     with pytest.raises(ConfigError, match="pos 'rope'.*learned, sinusoidal"):
         make("transformer", pos="rope")
+
+
+@pytest.mark.parametrize("ctx", [3, 20])  # flat features, and pooled ones (ctx > max_flat_ctx)
+def test_fit_ridge_in_blocks_equals_one_fit_on_every_window(tmp_path, make_bank, ctx):
+    """eval.evaluator.fit_ridge reads the training windows a block at a time (memory at long ctx); its
+    weights must equal Ridge.fit on all the same windows at once."""
+    from lvmkit.data.windows import make_windows
+    from lvmkit.eval.evaluator import BASELINES, fit_ridge
+
+    bank = make_bank(tmp_path, articles=[30] * 12, dim=D, seed=3)
+    windows = make_windows(bank, None, "all", ctx=ctx, min_ctx=2, pad=True)
+    blocked = fit_ridge(windows, D, max_train=len(windows), block=7)
+    batch = windows.batch(np.arange(len(windows)))
+    whole = build_model("ridge", D, **BASELINES["ridge"]).fit(batch.ctx, batch.mask, batch.target)
+    assert int(blocked.fit_ctx) == int(whole.fit_ctx) == ctx
+    np.testing.assert_allclose(blocked.weight.numpy(), whole.weight.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(blocked.bias.numpy(), whole.bias.numpy(), rtol=1e-6, atol=1e-7)

@@ -547,18 +547,22 @@ class SuiteResult(Mapping):
         }
 
 
-def fit_ridge(train_windows, dim: int, max_train: int = 20_000, seed: int = 0):
-    """The ridge baseline fitted on up to ``max_train`` training windows, sampled deterministically."""
+def fit_ridge(train_windows, dim: int, max_train: int = 20_000, seed: int = 0, block: int = 1024):
+    """The ridge baseline fitted on up to ``max_train`` training windows, sampled deterministically. The
+    windows are read ``block`` at a time (20,000 windows at ctx 500 would be 15 GB of context vectors)."""
     from lvmkit.models import build_model
 
     n = len(train_windows)
     if n == 0:
         raise ConfigError("train_windows is empty: ridge needs training windows to fit")
     idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_train), replace=False))
-    batch = train_windows.batch(idx)
     model = build_model("ridge", dim, **BASELINES["ridge"])
-    model.fit(batch.ctx, batch.mask, batch.target)
-    return model
+    designs = []
+    for start in range(0, len(idx), block):  # only one block of context vectors in memory at a time
+        b = train_windows.batch(idx[start : start + block])
+        designs.append(model.design(b.ctx, b.mask, b.target))
+    X, Y = np.concatenate([x for x, _ in designs]), np.concatenate([y for _, y in designs])
+    return model.fit_design(X, Y, int(train_windows.ctx))
 
 
 def fit_baselines(

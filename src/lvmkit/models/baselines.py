@@ -176,20 +176,32 @@ class Ridge(LVM):
     @torch.no_grad()
     def fit(self, ctx, mask, target) -> Ridge:
         """Fit on training windows: ctx [n, T, d], mask [n, T] or None, target [n, d] (tensors or numpy)."""
+        X, Y = self.design(ctx, mask, target)
+        return self.fit_design(X, Y, int(torch.as_tensor(ctx).shape[1]))
+
+    @torch.no_grad()
+    def design(self, ctx, mask, target) -> tuple[np.ndarray, np.ndarray]:
+        """The regression's rows for these windows: features X [n, p] and targets Y [n, d] (float64). Rows are
+        independent, so ``fit_design`` on blocks stacked together equals ``fit`` on all windows at once (what
+        ``eval.evaluator.fit_ridge`` does, so a long context never holds every window in memory)."""
         ctx, target = torch.as_tensor(ctx, dtype=torch.float32), torch.as_tensor(target, dtype=torch.float32)
         mask = self.check_inputs(ctx, None if mask is None else torch.as_tensor(mask))
         if target.shape != (ctx.shape[0], self.dim):
             raise ValueError(f"target must be [n, d] = {(ctx.shape[0], self.dim)}, got {tuple(target.shape)}")
-        T = int(ctx.shape[1])
-        X = self.featurize(ctx, mask, T).double().cpu().numpy()
+        X = self.featurize(ctx, mask, int(ctx.shape[1])).double().cpu().numpy()
         Y = target.double().cpu().numpy()
         if self.delta:
             Y = Y - ctx[:, -1].double().cpu().numpy()
+        return X, Y
+
+    @torch.no_grad()
+    def fit_design(self, X: np.ndarray, Y: np.ndarray, fit_ctx: int) -> Ridge:
+        """Solve the ridge on rows from ``design`` of windows with ``fit_ctx`` context vectors."""
         W, b = ridge_solve(X, Y, self.alpha)
         dev = self.bias.device
         self.weight = torch.as_tensor(W, dtype=torch.float32, device=dev)
         self.bias = torch.as_tensor(b, dtype=torch.float32, device=dev)
-        self.fit_ctx = torch.tensor(T, dtype=torch.long, device=dev)
+        self.fit_ctx = torch.tensor(int(fit_ctx), dtype=torch.long, device=dev)
         return self
 
     def predict(self, ctx: Tensor, mask: Tensor | None) -> Tensor:
