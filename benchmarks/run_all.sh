@@ -137,7 +137,7 @@ if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, al
        --set data.batch_size=256 --set early_stopping.from_start=false)
   A=(--set bank=$BIG --set data.ctx=5 --set optim.epochs=2 --set final_eval=false --set data.max_eval_queries=500
      --set data.min_ctx=5 --set data.max_train_windows=250000 "${CFG[@]}")
-  for m in gru mamba; do detached $L/${m}_250k configs/$m.yaml "${A[@]}"; done
+  for m in gru mamba; do detached $L/${m}_250k configs/$m.yaml "${A[@]}"; done   # session 5 stopped mamba after epoch 1 (time)
   # not run in session 5 (time): a wider amn, the capacity lever
   #   detached $L/amn_250k_h512 configs/amn.yaml "${A[@]}" --set model.kwargs.hidden=512
   # all of them beside every baseline on 1,000 val windows (the ctx-5 table run's val sample; paired CIs)
