@@ -110,6 +110,10 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes "" --ctxs 5,20,100,500 \
       --ctx-train-windows 16000 --epochs 2 --max-eval-queries 300 --max-test-queries 1000 \
       --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big_ctx.json
+  # its ctx-5 point again, the blend tuned on 1,000 val windows (300 gave a weak blend)
+  $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes "" --ctxs 5 \
+      --ctx-train-windows 16000 --epochs 2 --max-eval-queries 1000 --max-test-queries 1000 \
+      --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big_ctx5_val1000.json
   # lever at scale (val only): the 250k sweep config + in-article negatives (target+1, weight 0.2)
   detached $W/ctx5/amn_neg configs/amn.yaml --set bank=$BIG --set data.ctx=5 --set optim.epochs=2 \
       --set final_eval=false --set data.max_eval_queries=500 --set data.min_ctx=5 --set data.max_train_windows=250000 \
