@@ -557,12 +557,15 @@ def fit_ridge(train_windows, dim: int, max_train: int = 20_000, seed: int = 0, b
         raise ConfigError("train_windows is empty: ridge needs training windows to fit")
     idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_train), replace=False))
     model = build_model("ridge", dim, **BASELINES["ridge"])
-    designs = []
+    designs, widths = [], set()
     for start in range(0, len(idx), block):  # only one block of context vectors in memory at a time
         b = train_windows.batch(idx[start : start + block])
         designs.append(model.design(b.ctx, b.mask, b.target))
+        widths.add(int(b.ctx.shape[1]))
+    if len(widths) != 1:  # the features' layout depends on the context width: every block must share it
+        raise ValueError(f"training windows of different context widths {sorted(widths)}: ridge needs one")
     X, Y = np.concatenate([x for x, _ in designs]), np.concatenate([y for _, y in designs])
-    return model.fit_design(X, Y, int(train_windows.ctx))
+    return model.fit_design(X, Y, widths.pop())
 
 
 def fit_baselines(
