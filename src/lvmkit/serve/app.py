@@ -15,8 +15,9 @@ files, so the page works without internet, and falls back to a plain list when t
     GET  /v1/runs/{name}/report  its HTML report (rendered in memory)
 
 Errors: a user-fixable problem is a 4xx with ``{"detail": message}``: LvmkitError 400, RequestError and a body
-that fails validation 422, NotFoundError 404, ProvenanceError 409, a body over the limit 413, a missing or wrong
-token 401. Which run answers ``/v1/next`` is decided by ``service.models`` alone (a ``Predictors``).
+that fails validation 422, NotFoundError 404, ProvenanceError and ArtifactError (a damaged or half-written file
+behind the answer, e.g. a bank row no unit vector can score: the message names the file and the fix) 409, a body
+over the limit 413, a missing or wrong token 401. Which run answers ``/v1/next`` is decided by ``service.models`` alone (a ``Predictors``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from lvmkit.serve.schemas import (
 from lvmkit.serve.service import Service
 
 STATIC = pathlib.Path(__file__).parent / "static"
-ERROR_STATUS = ((RequestError, 422), (NotFoundError, 404), (ArtifactError, 404), (ProvenanceError, 409))
+ERROR_STATUS = ((RequestError, 422), (NotFoundError, 404), (ArtifactError, 409), (ProvenanceError, 409))
 ERRORS = {c: {"model": ErrorOut} for c in (400, 401, 404, 409, 413, 422)}
 RUN_NAME = Path(
     ...,
