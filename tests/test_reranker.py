@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from lvmkit.data.windows import make_windows
-from lvmkit.errors import ConfigError, ProvenanceError
+from lvmkit.errors import ArtifactError, ConfigError, ProvenanceError
 from lvmkit.eval.protocol import ARTICLE_FEATURES, IN_ARTICLE, OPEN, ProtocolError
 from lvmkit.heads.features import FEATURES, Lanes, QueryBatch, feature_matrix, load_source, retrieve
-from lvmkit.heads.reranker import Reranker, fit_reranker, format_report
+from lvmkit.heads.reranker import KINDS, Reranker, fit_reranker, format_report, make_model
 
 CTX = 3
 LENGTHS = [9, 4, 12, 6, 15, 7, 10, 5]
@@ -156,3 +156,50 @@ def test_reranker_refused_on_another_bank(fitted, make_bank, tmp_path):
     other = make_bank(tmp_path, [12] * 60, dim=16, seed=9)
     with pytest.raises(ProvenanceError, match="refit it on this bank"):
         Reranker.load(root, other, protocol=OPEN)
+
+
+class _NotAReranker:
+    """A type outside skops' defaults and TRUSTED_TYPES: a file that builds it must never be loaded."""
+
+    def __init__(self):
+        self.payload = "would run on load"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_kinds_round_trip_through_skops_without_pickle(fitted, kind, tmp_path):
+    """Each model kind, stored and loaded, scores exactly as before; the file is a skops zip, not a pickle."""
+    bank, _, rr = fitted
+    spec = rr[OPEN].spec
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, len(spec.features)))
+    model = make_model(kind).fit(x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int))
+    meta = Reranker(spec, kind, model).save(tmp_path)
+    stored = meta.with_suffix(".skops")
+    assert stored.read_bytes()[:2] == b"PK" and not list(tmp_path.glob("**/*.pkl"))
+    back = Reranker.load(tmp_path, bank, protocol=OPEN)
+    xs = rng.standard_normal((4, 10, len(spec.features)))
+    valid = np.ones((4, 10), bool)
+    assert back.kind == kind
+    np.testing.assert_array_equal(back.score(xs, valid), Reranker(spec, kind, model).score(xs, valid))
+
+
+def test_a_model_file_that_builds_other_types_is_refused(fitted, tmp_path):
+    import skops.io
+
+    bank, _, rr = fitted
+    meta = rr[OPEN].save(tmp_path)
+    meta.with_suffix(".skops").write_bytes(skops.io.dumps(_NotAReranker()))
+    with pytest.raises(ArtifactError, match="_NotAReranker.*not loaded"):
+        Reranker.load(tmp_path, bank, protocol=OPEN)
+    meta.with_suffix(".skops").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ArtifactError, match="not a readable skops file"):
+        Reranker.load(tmp_path, bank, protocol=OPEN)
+
+
+def test_an_old_pickled_reranker_is_refused_with_the_refit_command(fitted, tmp_path):
+    bank, _, rr = fitted
+    meta = rr[OPEN].save(tmp_path)
+    meta.with_suffix(".skops").unlink()
+    meta.with_suffix(".pkl").write_bytes(b"\x80\x04 a pickle")
+    with pytest.raises(ArtifactError, match="saved as a pickle.*lvmkit rerank fit RUN --protocol open"):
+        Reranker.load(tmp_path, bank, protocol=OPEN)

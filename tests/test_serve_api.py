@@ -242,7 +242,8 @@ def test_a_damaged_row_is_an_error_not_an_answer(make_bank, tmp_path, batch_sear
     client = TestClient(create_app(svc))
     for route, body in (("/v1/search", {"text": text, "k": 3}), ("/v1/next", {"context": [text], "k": 3})):
         r = client.post(route, json=body)
-        assert r.status_code == 409, (route, r.text)  # the server's file is damaged: not "not found", not a 500
+        # the server's file is damaged: a 409 naming it, neither "not found" nor a 500
+        assert r.status_code == 409, (route, r.text)
         assert f"vectors.npy is damaged: row {row} scored" in r.json()["detail"], route
         assert "--check full" in r.json()["detail"]
 

@@ -1,7 +1,7 @@
 """A small learned reranker over the candidates of a top-K pool (``lvmkit rerank fit RUN``).
 
     rr = fit_reranker("runs/gru", bank, protocol="open", retriever="baseline:exp_weighted", k=50)
-    rr.save()        # RUN/heads/reranker-open.pkl (the scikit-learn model) + reranker-open.json (spec, report)
+    rr.save()        # RUN/heads/reranker-open.skops (the scikit-learn model) + reranker-open.json (spec, report)
     rr.report        # test R@1/5/10, MRR@10 before/after, per model kind; feature importances
 
 Pools come from the retriever (a baseline or a two-tower run) under one protocol; each candidate gets the
@@ -12,12 +12,14 @@ reranking; TEST is read once for the report. Feature importance = the drop in va
 column is shuffled across candidates (permutation importance, 3 repeats), for either kind.
 
 The stored reranker names its protocol, its features and every source, and is refused under another protocol
-or on another bank / encoder. The .pkl is a pickle: load only rerankers you made.
+or on another bank / encoder. The model file is written by skops (``skops.io``), not pickle: loading it builds
+only the types in ``TRUSTED_TYPES`` (numpy, scipy and scikit-learn's own, which skops trusts, plus the boosted
+trees' ``TreePredictor``), and a file that asks for any other type is refused, so a reranker from elsewhere
+cannot run code. Rerankers saved as ``.pkl`` by an older lvmkit are refused with the command that refits them.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,8 @@ from lvmkit.heads.features import (
 )
 
 KINDS = ("logistic", "hgb")
+# the types beyond skops' defaults that a reranker file may build (HistGradientBoostingClassifier's trees)
+TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
 Progress = Callable[[str, int, int], None]
 
 
@@ -114,13 +118,15 @@ class Reranker:
     @staticmethod
     def paths(run_dir, protocol: str) -> tuple[Path, Path]:
         d = Path(run_dir) / "heads"
-        return d / f"reranker-{protocol}.pkl", d / f"reranker-{protocol}.json"
+        return d / f"reranker-{protocol}.skops", d / f"reranker-{protocol}.json"
 
     def save(self, run_dir) -> Path:
-        pkl, meta = self.paths(run_dir, self.spec.protocol)
-        pkl.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(pkl) as tmp:
-            tmp.write_bytes(pickle.dumps(self.model))
+        import skops.io
+
+        model_file, meta = self.paths(run_dir, self.spec.protocol)
+        model_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(model_file) as tmp:
+            tmp.write_bytes(skops.io.dumps(self.model))
         write_json(meta, {"kind": self.kind, "spec": self.spec.to_dict(), "report": self.report})
         self.path = meta
         return meta
@@ -131,7 +137,12 @@ class Reranker:
         path = Path(path)
         if path.is_dir():
             path = cls.paths(path, protocol or OPEN)[1]
-        if not path.is_file() or not path.with_suffix(".pkl").is_file():
+        if path.is_file() and path.with_suffix(".pkl").is_file() and not path.with_suffix(".skops").is_file():
+            raise ArtifactError(
+                f"the reranker {path} was saved as a pickle by an older lvmkit, which this version does not load "
+                f"(a pickle can run code); refit it with `lvmkit rerank fit RUN --protocol {protocol or OPEN}`"
+            )
+        if not path.is_file() or not path.with_suffix(".skops").is_file():
             raise ArtifactError(f"no reranker at {path}; fit one with `lvmkit rerank fit RUN`")
         meta = read_json(path)
         spec = RerankerSpec(**meta["spec"])
@@ -142,8 +153,27 @@ class Reranker:
                 f"the reranker {path} was fitted on bank {spec.bank_id} (encoder {spec.encoder.get('name')!r}) but "
                 f"this is bank {bank.manifest.bank_id} ({bank.encoder.name!r}); refit it on this bank"
             )
-        model = pickle.loads(path.with_suffix(".pkl").read_bytes())
-        return cls(spec, meta["kind"], model, meta.get("report"), path)
+        return cls(spec, meta["kind"], _load_model(path.with_suffix(".skops")), meta.get("report"), path)
+
+
+def _load_model(path: Path):
+    """The scikit-learn model of a reranker file, refusing any type outside skops' defaults + TRUSTED_TYPES."""
+    import skops.io
+
+    data = path.read_bytes()
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as e:  # a truncated or foreign file: skops raises zipfile / json errors
+        raise ArtifactError(
+            f"{path} is not a readable skops file ({e}); refit with `lvmkit rerank fit RUN`"
+        ) from e
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unknown:
+        raise ArtifactError(
+            f"{path} asks to build types a reranker never has ({', '.join(unknown)}); it was not written by "
+            "`lvmkit rerank fit`, so it is not loaded. Refit the reranker with `lvmkit rerank fit RUN`"
+        )
+    return skops.io.loads(data, trusted=list(untrusted))
 
 
 # ------------------------------------------------------------------------------------------ data
