@@ -273,20 +273,7 @@ def check_leakage(
         raise ConfigError(f"near_dup must be in (0, 1], got {near_dup}")
     ids = {n: set(split.article_ids(n)) for n in SPLIT_NAMES}
     shared = len(ids["train"] & (ids["val"] | ids["test"])) + len(ids["val"] & ids["test"])
-
-    vecs = bank.vectors
-    train_rows = split.rows("train")
-    salt = np.random.default_rng(12345).integers(
-        1, 2**63, size=vecs.shape[1] * vecs.dtype.itemsize // 4 + 1, dtype=np.uint64
-    ) | np.uint64(1)
-    train_h = _row_hashes(vecs, train_rows, batch_size, salt)
-    order = np.argsort(train_h, kind="stable")
-    train_h, train_sorted = train_h[order], train_rows[order]
-
-    index = faiss.IndexFlatIP(bank.dim)
-    for s in range(0, len(train_rows), batch_size):
-        index.add(_unit(vecs[train_rows[s : s + batch_size]]))
-
+    train = _TrainRows(bank.vectors, split.rows("train"), batch_size)
     rng = np.random.default_rng(seed)
     report = LeakageReport(shared, {}, {}, {}, {}, float(near_dup), float(max_dup_frac))
     for name in ("val", "test"):
@@ -295,46 +282,68 @@ def check_leakage(
         if sample is not None and len(rows) > sample:
             rows = np.sort(rng.choice(rows, size=sample, replace=False))
         report.checked_rows[name] = len(rows)
-        exact = np.zeros(len(rows), dtype=bool)
-        exact_match = np.full(len(rows), -1, dtype=np.int64)
-        hashes = _row_hashes(vecs, rows, batch_size, salt)
-        lo, hi = np.searchsorted(train_h, hashes, "left"), np.searchsorted(train_h, hashes, "right")
-        for i in np.flatnonzero(hi > lo):
-            mine = np.asarray(vecs[rows[i]]).tobytes()
-            for t in train_sorted[lo[i] : hi[i]]:
-                if np.asarray(vecs[t]).tobytes() == mine:
-                    exact[i], exact_match[i] = True, t
-                    break
-        near = np.zeros(len(rows), dtype=bool)
-        best_cos = np.zeros(len(rows), dtype=np.float32)
-        best_row = np.full(len(rows), -1, dtype=np.int64)
-        if index.ntotal:
-            for s in range(0, len(rows), batch_size):
-                d, j = index.search(_unit(vecs[rows[s : s + batch_size]]), 1)
-                best_cos[s : s + batch_size], best_row[s : s + batch_size] = d[:, 0], train_rows[j[:, 0]]
-            near = (best_cos > near_dup) & ~exact
+        exact_match = train.exact_matches(rows)
+        exact = exact_match >= 0
+        best_cos, best_row = train.nearest(rows)
+        near = (best_cos > near_dup) & ~exact
         report.exact_dups[name], report.near_dups[name] = int(exact.sum()), int(near.sum())
         for i in np.flatnonzero(exact)[:max_examples]:
-            report.examples.append(
-                {
-                    "split": name,
-                    "row": int(rows[i]),
-                    "train_row": int(exact_match[i]),
-                    "kind": "exact",
-                    "cos": 1.0,
-                }
-            )
+            report.examples.append(_example(name, rows[i], exact_match[i], "exact", 1.0))
         for i in np.flatnonzero(near)[:max_examples]:
-            report.examples.append(
-                {
-                    "split": name,
-                    "row": int(rows[i]),
-                    "train_row": int(best_row[i]),
-                    "kind": "near",
-                    "cos": float(best_cos[i]),
-                }
-            )
+            report.examples.append(_example(name, rows[i], best_row[i], "near", best_cos[i]))
     return report
+
+
+class _TrainRows:
+    """The train rows, for two lookups: byte-identical rows (hash, then bytes) and the nearest row (exact search)."""
+
+    def __init__(self, vectors: np.ndarray, rows: np.ndarray, batch_size: int):
+        self.vectors, self.batch_size = vectors, batch_size
+        self.salt = np.random.default_rng(12345).integers(
+            1, 2**63, size=vectors.shape[1] * vectors.dtype.itemsize // 4 + 1, dtype=np.uint64
+        ) | np.uint64(1)
+        hashes = _row_hashes(vectors, rows, batch_size, self.salt)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes, self.rows_by_hash, self.rows = hashes[order], rows[order], rows
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        for s in range(0, len(rows), batch_size):
+            self.index.add(_unit(vectors[rows[s : s + batch_size]]))
+
+    def exact_matches(self, rows: np.ndarray) -> np.ndarray:
+        """For each row, a train row with the same bytes, or -1."""
+        match = np.full(len(rows), -1, dtype=np.int64)
+        hashes = _row_hashes(self.vectors, rows, self.batch_size, self.salt)
+        lo, hi = np.searchsorted(self.hashes, hashes, "left"), np.searchsorted(self.hashes, hashes, "right")
+        for i in np.flatnonzero(hi > lo):
+            mine = np.asarray(self.vectors[rows[i]]).tobytes()
+            for t in self.rows_by_hash[lo[i] : hi[i]]:
+                if np.asarray(self.vectors[t]).tobytes() == mine:
+                    match[i] = t
+                    break
+        return match
+
+    def nearest(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine, train row) of each row's nearest train row; (0, -1) when there are no train rows."""
+        best_cos = np.zeros(len(rows), dtype=np.float32)
+        best_row = np.full(len(rows), -1, dtype=np.int64)
+        if self.index.ntotal:
+            for s in range(0, len(rows), self.batch_size):
+                d, j = self.index.search(_unit(self.vectors[rows[s : s + self.batch_size]]), 1)
+                best_cos[s : s + self.batch_size], best_row[s : s + self.batch_size] = (
+                    d[:, 0],
+                    self.rows[j[:, 0]],
+                )
+        return best_cos, best_row
+
+
+def _example(split_name: str, row, train_row, kind: str, cos) -> dict:
+    return {
+        "split": split_name,
+        "row": int(row),
+        "train_row": int(train_row),
+        "kind": kind,
+        "cos": float(cos),
+    }
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
