@@ -92,65 +92,72 @@ def diagnose_model(
     d.stats.update(model=name, n_queries=len(rows), bank=str(bank.path), bank_id=bank.manifest.bank_id)
 
     sep = separation_on_bank(pred, rows, bank, n_neighbours=n_neighbours, nprobe=nprobe)
-    sep_mean = float(np.nanmean(sep))
-    d.add(
-        judge(
-            "separation_margin",
-            sep_mean,
-            warn_below=SEPARATION_WARN,
-            ok=f"the truth is {sep_mean:.3f} closer to the prediction than its top-{n_neighbours} bank neighbours",
-            warn=f"E[cos(q, truth)] - E[cos(q, top-{n_neighbours} neighbours)] = {sep_mean:+.3f}: the truth does not "
-            "stand out from what the index returns around the prediction; a contrastive term (InfoNCE) trains "
-            "exactly this margin",
-            details={"share_positive": float(np.mean(sep > 0)), "n_neighbours": n_neighbours},
-        )
-    )
-
+    d.add(_separation_finding(sep, n_neighbours))
     c_truth = float(M.mean_cosine(pred, target).mean())
-    c_last = float(M.mean_cosine(pred, last).mean())
-    sweep = M.offset_sweep(pred, bank.vectors, rows, np.asarray(bank.article_codes))
-    margin = c_truth - c_last
-    d.add(
-        judge(
-            "collapse_margin",
-            margin,
-            fail_below=0.0,
-            warn_below=COLLAPSE_WARN,
-            ok=f"cos to the truth {c_truth:.3f} vs to the last context vector {c_last:.3f}",
-            warn=f"cos to the truth {c_truth:.3f} is barely above cos to the last context vector {c_last:.3f}: the "
-            "model is close to copying its input; compare with copy_last and try a contrastive loss",
-            fail=f"predictions are nearer the last context vector (cos {c_last:.3f}) than the truth (cos "
-            f"{c_truth:.3f}): copy-last collapse. Use delta mode with a contrastive term, or check the loss",
-            details={"cos_truth": c_truth, "cos_last": c_last, "offset_sweep": sweep.to_dict()},
-        )
-    )
-
-    var_pred, var_target = total_variance(pred), total_variance(target)
-    ratio = var_pred / var_target if var_target > 0 else float("nan")
-    d.add(
-        judge(
-            "prediction_variance",
-            ratio,
-            fail_below=VARIANCE_FAIL,
-            warn_below=VARIANCE_WARN,
-            ok=f"predictions vary across queries ({var_pred:.3f}) about as targets do ({var_target:.3f})",
-            warn=f"predictions vary little across queries ({var_pred:.4f} vs targets {var_target:.3f}): the model "
-            "regresses towards the mean direction; a contrastive term or centering the bank helps",
-            fail=f"the predictions are (nearly) constant (variance {var_pred:.2e} vs targets {var_target:.3f}): the "
-            "model ignores its input; check the loss, the learning rate and the data",
-            details={"var_pred": var_pred, "var_target": var_target},
-        )
-    )
-
+    d.add(_collapse_finding(pred, c_truth, last, rows, bank))
+    d.add(_variance_finding(pred, target))
     if train_windows is not None and len(train_windows):
-        sampler = ArticleCappedBatchSampler(
-            train_windows.article_of_all(), batch_size, max_per_article, seed=sampler_seed, drop_last=False
-        )
-        sampler.set_epoch(1)
-        share = same_article_share(list(sampler), train_windows.article_of_all())
-        d.add(batch_share_finding(share, batch_size, max_per_article))
+        d.add(_batch_share(train_windows, batch_size, max_per_article, sampler_seed))
     d.add(info("cos_truth", c_truth, f"mean cos(prediction, truth) over {len(rows)} windows"))
     return d
+
+
+def _separation_finding(sep: np.ndarray, n_neighbours: int):
+    sep_mean = float(np.nanmean(sep))
+    return judge(
+        "separation_margin",
+        sep_mean,
+        warn_below=SEPARATION_WARN,
+        ok=f"the truth is {sep_mean:.3f} closer to the prediction than its top-{n_neighbours} bank neighbours",
+        warn=f"E[cos(q, truth)] - E[cos(q, top-{n_neighbours} neighbours)] = {sep_mean:+.3f}: the truth does not "
+        "stand out from what the index returns around the prediction; a contrastive term (InfoNCE) trains "
+        "exactly this margin",
+        details={"share_positive": float(np.mean(sep > 0)), "n_neighbours": n_neighbours},
+    )
+
+
+def _collapse_finding(pred: np.ndarray, c_truth: float, last: np.ndarray, rows: np.ndarray, bank: VectorBank):
+    c_last = float(M.mean_cosine(pred, last).mean())
+    sweep = M.offset_sweep(pred, bank.vectors, rows, np.asarray(bank.article_codes))
+    return judge(
+        "collapse_margin",
+        c_truth - c_last,
+        fail_below=0.0,
+        warn_below=COLLAPSE_WARN,
+        ok=f"cos to the truth {c_truth:.3f} vs to the last context vector {c_last:.3f}",
+        warn=f"cos to the truth {c_truth:.3f} is barely above cos to the last context vector {c_last:.3f}: the "
+        "model is close to copying its input; compare with copy_last and try a contrastive loss",
+        fail=f"predictions are nearer the last context vector (cos {c_last:.3f}) than the truth (cos "
+        f"{c_truth:.3f}): copy-last collapse. Use delta mode with a contrastive term, or check the loss",
+        details={"cos_truth": c_truth, "cos_last": c_last, "offset_sweep": sweep.to_dict()},
+    )
+
+
+def _variance_finding(pred: np.ndarray, target: np.ndarray):
+    var_pred, var_target = total_variance(pred), total_variance(target)
+    ratio = var_pred / var_target if var_target > 0 else float("nan")
+    return judge(
+        "prediction_variance",
+        ratio,
+        fail_below=VARIANCE_FAIL,
+        warn_below=VARIANCE_WARN,
+        ok=f"predictions vary across queries ({var_pred:.3f}) about as targets do ({var_target:.3f})",
+        warn=f"predictions vary little across queries ({var_pred:.4f} vs targets {var_target:.3f}): the model "
+        "regresses towards the mean direction; a contrastive term or centering the bank helps",
+        fail=f"the predictions are (nearly) constant (variance {var_pred:.2e} vs targets {var_target:.3f}): the "
+        "model ignores its input; check the loss, the learning rate and the data",
+        details={"var_pred": var_pred, "var_target": var_target},
+    )
+
+
+def _batch_share(train_windows, batch_size: int, max_per_article: int, sampler_seed: int):
+    """The same-article negative share of the batches the run's sampler forms in epoch 1."""
+    articles = train_windows.article_of_all()
+    sampler = ArticleCappedBatchSampler(
+        articles, batch_size, max_per_article, seed=sampler_seed, drop_last=False
+    )
+    sampler.set_epoch(1)
+    return batch_share_finding(same_article_share(list(sampler), articles), batch_size, max_per_article)
 
 
 def diagnose_target(
