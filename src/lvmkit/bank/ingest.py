@@ -154,17 +154,7 @@ def _ingest_locked(
     _prepare_out(out, overwrite)
     enc = _load_encoder(encoder, backend, device)
 
-    state = {
-        "version": STATE_VERSION,
-        "corpus": str(source),
-        "format": fmt,
-        "source_hash": corpus_source_hash(source, fmt),
-        "chunker": chunk_maker.config(),
-        "encoder": enc.info.model_dump(mode="json"),
-        "limit_articles": limit_articles,
-        "shard_size": shard_size,
-        "dtype": dtype,
-    }
+    state = _ingest_state(source, fmt, chunk_maker, enc, limit_articles, shard_size, dtype)
     _check_state(work, state)
 
     def articles(stats: ReadStats | None = None):
@@ -172,48 +162,13 @@ def _ingest_locked(
 
     # the counting pass reports nothing: the encode pass below reads the same input and warns once
     n_articles = _count_articles(articles(ReadStats(max_examples=0)), progress) if progress else None
-
     # ---- encode pass: every shard, re-encoding only those an earlier run did not finish
     stats = ReadStats()
     counts = {"articles": 0, "no_chunks": 0, "chunks": 0}  # so far, updated by _chunks as it streams
-    done = 0  # chunks in finished shards (+ those encoded so far in the current one)
-
-    def estimated_total() -> int | None:
-        seen = counts["articles"] + counts["no_chunks"]
-        if not n_articles or not seen:
-            return None
-        return max(counts["chunks"], round(counts["chunks"] / seen * n_articles))
-
-    def on_encoded(n: int) -> None:
-        nonlocal done
-        done += n
-        progress("encode", done, estimated_total())
-
-    n_shards = 0
-    for i, rows in enumerate(_shards(_chunks(articles(stats), chunk_maker, counts, stats), shard_size)):
-        n_shards, start = i + 1, i * shard_size
-        if _shard_done(work, i):
-            _verify_shard(work, i, start, rows)
-            done = start + len(rows)
-            if progress:
-                progress("skip", done, estimated_total())
-            continue
-        texts = [c.text for c in rows]
-        vectors = enc.encode(texts, batch_size=batch_size, progress=on_encoded if progress else None)
-        _write_shard(
-            work,
-            i,
-            start,
-            rows,
-            _check_vectors(vectors, len(rows), enc.info.dim, enc.info.normalized, start),
-            dtype,
-        )
-        done = start + len(rows)
-        if progress:
-            progress("encode", done, estimated_total())
-    if progress:
-        progress("encode", done, done)  # the exact total
-
+    tracker = _EncodeProgress(progress, n_articles, counts)
+    shards = _shards(_chunks(articles(stats), chunk_maker, counts, stats), shard_size)
+    n_shards = _encode_shards(work, shards, shard_size, enc, batch_size, dtype, tracker)
+    done = tracker.done
     if done == 0:
         raise CorpusError(
             f"corpus {source} (format {fmt}) produced no chunks: {counts['no_chunks']} articles had no "
@@ -224,6 +179,64 @@ def _ingest_locked(
         out, work, enc, chunk_maker, source, fmt, state, counts, stats, n_shards, done, dtype, progress
     )
     return VectorBank.open(out)
+
+
+def _ingest_state(
+    source: Path, fmt: str, chunk_maker, enc, limit_articles, shard_size: int, dtype: str
+) -> dict:
+    """What a resumed ingest must share with the run that wrote the shards (``_check_state`` compares it)."""
+    return {
+        "version": STATE_VERSION,
+        "corpus": str(source),
+        "format": fmt,
+        "source_hash": corpus_source_hash(source, fmt),
+        "chunker": chunk_maker.config(),
+        "encoder": enc.info.model_dump(mode="json"),
+        "limit_articles": limit_articles,
+        "shard_size": shard_size,
+        "dtype": dtype,
+    }
+
+
+class _EncodeProgress:
+    """Chunks done so far (finished shards + those encoded in the current one) and the running total estimate."""
+
+    def __init__(self, progress: ProgressFn | None, n_articles: int | None, counts: dict[str, int]):
+        self.progress, self.n_articles, self.counts, self.done = progress, n_articles, counts, 0
+
+    def estimated_total(self) -> int | None:
+        seen = self.counts["articles"] + self.counts["no_chunks"]
+        if not self.n_articles or not seen:
+            return None
+        return max(self.counts["chunks"], round(self.counts["chunks"] / seen * self.n_articles))
+
+    def on_encoded(self, n: int) -> None:
+        self.done += n
+        self.report("encode")
+
+    def report(self, stage: str, total: int | None = None) -> None:
+        if self.progress:
+            self.progress(stage, self.done, total if total is not None else self.estimated_total())
+
+
+def _encode_shards(work: Path, shards, shard_size: int, enc, batch_size, dtype: str, tracker) -> int:
+    """Encode and write every shard an earlier run did not finish (finished ones are verified); the shard count."""
+    n_shards = 0
+    for i, rows in enumerate(shards):
+        n_shards, start = i + 1, i * shard_size
+        if _shard_done(work, i):
+            _verify_shard(work, i, start, rows)
+            tracker.done = start + len(rows)
+            tracker.report("skip")
+            continue
+        on_encoded = tracker.on_encoded if tracker.progress else None
+        vectors = enc.encode([c.text for c in rows], batch_size=batch_size, progress=on_encoded)
+        vectors = _check_vectors(vectors, len(rows), enc.info.dim, enc.info.normalized, start)
+        _write_shard(work, i, start, rows, vectors, dtype)
+        tracker.done = start + len(rows)
+        tracker.report("encode")
+    tracker.report("encode", tracker.done)  # the exact total
+    return n_shards
 
 
 def _finish_bank(
