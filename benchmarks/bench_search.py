@@ -130,6 +130,30 @@ def synthetic_bank(path: Path, n: int, dim: int, seed: int = 0) -> VectorBank:
 
 
 def main() -> None:
+    args = parse_args()
+    tmp = tempfile.TemporaryDirectory() if args.smoke else None
+    bank = synthetic_bank(Path(tmp.name) / "bank", 5000, 64) if tmp else VectorBank.open(args.bank)
+    out = args.out or ROOT / (
+        "benchmarks/work/search.json" if args.smoke else "benchmarks/results/search.json"
+    )
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(bank), size=min(args.queries, len(bank)), replace=False))
+    queries = np.ascontiguousarray(np.asarray(bank.vectors[rows], dtype=np.float32))
+    excl = np.stack([rng.choice(len(bank), size=args.exclude, replace=False) for _ in rows]).astype(np.int64)
+    print(f"bank {bank.path}: {len(bank):,} x {bank.dim}; {len(queries)} queries, k={args.k}", flush=True)
+
+    flat, ivf, ivf_build, results = measure_indexes(bank, queries, args)
+    ivf.set_nprobe(16)
+    over = {"flat": overhead(bank, flat, queries, args.k, excl, args.repeats)}
+    over["ivf_nprobe16"] = overhead(bank, ivf, queries, args.k, excl, args.repeats)
+    for name, cases in over.items():
+        print(f"  overhead {name}: {cases}", flush=True)
+    write_results(out, args, bank, len(queries), ivf_build, results, over)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bank", nargs="?", type=Path, help="bank directory (omit with --smoke)")
     ap.add_argument(
@@ -150,78 +174,49 @@ def main() -> None:
         "--out", type=Path, default=None, help="results JSON (default: benchmarks/results/search.json)"
     )
     args = ap.parse_args()
-
-    tmp = None
     if args.smoke:
-        tmp = tempfile.TemporaryDirectory()
-        bank = synthetic_bank(Path(tmp.name) / "bank", 5000, 64)
         args.queries, args.repeats, args.nprobe = 200, 2, "1,8"
     elif args.bank is None:
         ap.error("give a BANK directory, or --smoke")
-    else:
-        bank = VectorBank.open(args.bank)
-    out = args.out or ROOT / (
-        "benchmarks/work/search.json" if args.smoke else "benchmarks/results/search.json"
-    )
+    return args
 
-    vectors = bank.vectors
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(bank), size=min(args.queries, len(bank)), replace=False))
-    queries = np.ascontiguousarray(np.asarray(vectors[rows], dtype=np.float32))
-    excl = np.stack([rng.choice(len(bank), size=args.exclude, replace=False) for _ in rows]).astype(np.int64)
-    print(f"bank {bank.path}: {len(bank):,} x {bank.dim}; {len(queries)} queries, k={args.k}", flush=True)
 
-    flat = build_index(vectors, type="flat", use_gpu=False)
+def measure_indexes(bank, queries: np.ndarray, args):
+    """(flat, ivf, ivf build seconds, rows): q/s and recall@10 against flat of each index and setting."""
+    flat = build_index(bank.vectors, type="flat", use_gpu=False)
     _, truth = flat.faiss.search(queries, args.k)
-    t_flat = best_time(lambda: flat.faiss.search(queries, args.k), args.repeats)
-    results = [{"index": "flat", "param": None, "qps": round(len(queries) / t_flat, 1), "recall@10": 1.0}]
-    print(f"  flat: {results[-1]['qps']:,.0f} q/s", flush=True)
 
+    def row(index, name: str, param: str | None) -> dict:
+        t = best_time(lambda: index.faiss.search(queries, args.k), args.repeats)
+        got = index.faiss.search(queries, args.k)[1]
+        r = {"index": name, "param": param, "qps": round(len(queries) / t, 1)}
+        r["recall@10"] = round(recall_at_k(truth, got), 4)
+        print(f"  {r}", flush=True)
+        return r
+
+    results = [row(flat, "flat", None)]
     t0 = time.perf_counter()
-    ivf = build_index(vectors, type="ivf", nlist=args.nlist, use_gpu=False)
+    ivf = build_index(bank.vectors, type="ivf", nlist=args.nlist, use_gpu=False)
     ivf_build = time.perf_counter() - t0
     for nprobe in (int(p) for p in args.nprobe.split(",")):
         ivf.set_nprobe(nprobe)
-        t = best_time(lambda: ivf.faiss.search(queries, args.k), args.repeats)
-        got = ivf.faiss.search(queries, args.k)[1]
-        results.append(
-            {
-                "index": f"ivf{ivf.params['nlist']}",
-                "param": f"nprobe={nprobe}",
-                "qps": round(len(queries) / t, 1),
-                "recall@10": round(recall_at_k(truth, got), 4),
-            }
-        )
-        print(f"  {results[-1]}", flush=True)
+        results.append(row(ivf, f"ivf{ivf.params['nlist']}", f"nprobe={nprobe}"))
     if args.hnsw:
-        hnsw = build_index(vectors, type="hnsw", hnsw_m=32, use_gpu=False)
+        hnsw = build_index(bank.vectors, type="hnsw", hnsw_m=32, use_gpu=False)
         for ef in (16, 64, 256):
             hnsw.set_nprobe(ef)
-            t = best_time(lambda: hnsw.faiss.search(queries, args.k), args.repeats)
-            got = hnsw.faiss.search(queries, args.k)[1]
-            results.append(
-                {
-                    "index": "hnsw32",
-                    "param": f"ef_search={ef}",
-                    "qps": round(len(queries) / t, 1),
-                    "recall@10": round(recall_at_k(truth, got), 4),
-                }
-            )
-            print(f"  {results[-1]}", flush=True)
+            results.append(row(hnsw, "hnsw32", f"ef_search={ef}"))
+    return flat, ivf, ivf_build, results
 
-    ivf.set_nprobe(16)
-    over = {"flat": overhead(bank, flat, queries, args.k, excl, args.repeats)}
-    over["ivf_nprobe16"] = overhead(bank, ivf, queries, args.k, excl, args.repeats)
-    for name, cases in over.items():
-        print(f"  overhead {name}: {cases}", flush=True)
 
+def write_results(out: Path, args, bank, n_queries: int, ivf_build: float, results: list, over: dict) -> None:
     result = {
         "benchmark": "search",
         "smoke": args.smoke,
         "bank": str(bank.path),
         "bank_rows": len(bank),
         "dim": bank.dim,
-        "queries": len(queries),
+        "queries": n_queries,
         "k": args.k,
         "exclude_width": args.exclude,
         "ivf_build_s": round(ivf_build, 2),
@@ -241,8 +236,6 @@ def main() -> None:
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"wrote {out}")
-    if tmp is not None:
-        tmp.cleanup()
 
 
 def markdown(r: dict) -> str:
