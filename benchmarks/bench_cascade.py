@@ -68,6 +68,11 @@ def working_bank(bank_path: Path, work: Path, nprobe: int, lanes: Path | None) -
     if has_ivf and (lanes is None or LANE_COLUMN in bank.chunks.column_names):
         return bank
     shadow = work / "bank"
+    if (shadow / "manifest.json").exists() and VectorBank.open(
+        shadow
+    ).manifest.bank_id != bank.manifest.bank_id:
+        log(f"the shadow bank {shadow} belongs to another bank: rebuilding it for {bank_path}")
+        shutil.rmtree(shadow)
     if not (shadow / "manifest.json").exists():
         shadow.mkdir(parents=True, exist_ok=True)
         for name in ("vectors.npy", "chunks.parquet", "index.faiss"):
@@ -211,6 +216,29 @@ def summary(result: dict) -> str:
 
 
 def main() -> None:
+    from lvmkit.heads.reranker import format_report
+
+    args = parse_args()
+    t_start = time.perf_counter()
+    args.lanes = lane_classifier(args)
+    bank = working_bank(args.bank, args.work, args.nprobe, args.lanes)
+    result, fit = start_result(args, bank)
+    result["window_ctx"] = max(run_budget(args.lvm)["ctx"], run_budget(args.twotower)["ctx"])
+    md = []
+    for protocol in args.protocols.split(","):
+        sec, rr = reranker_section(args, bank, fit, protocol, result)
+        md += [f"## Reranker, protocol {protocol}", "", format_report(rr), ""]
+        sec["cascades"] = run_cascades(args, bank, protocol, rr.path, result["window_ctx"], md)
+        result["protocols"][protocol] = sec
+        write_json(args.out, result)  # after every protocol: a long run keeps what it finished
+    result["wall_s"] = time.perf_counter() - t_start
+    write_json(args.out, result)
+    write_text(args.out.with_suffix(".md"), "\n".join(md))
+    write_text(args.out.with_name(args.out.stem + "_summary.md"), summary(result))
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_s']:.0f} s")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bank", type=Path, default=Path("banks/enwiki"))
     ap.add_argument("--lvm", type=Path, required=True, help="an LVM run trained on the bank")
@@ -231,15 +259,13 @@ def main() -> None:
     ap.add_argument(
         "--only-cascades", action="store_true", help="rerun the cascades only (heads, rerankers: --out's)"
     )
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from lvmkit.cascade.evaluate import evaluate_cascade, format_cascade
+
+def start_result(args, bank: VectorBank):
+    """(the results dict, the alignment fit): heads fitted now, or (--only-cascades) the previous run's results."""
     from lvmkit.heads.align import fit_alignment
-    from lvmkit.heads.reranker import Reranker, fit_reranker, format_report
 
-    t_start = time.perf_counter()
-    args.lanes = lane_classifier(args)
-    bank = working_bank(args.bank, args.work, args.nprobe, args.lanes)
     result = {
         "bank": str(args.bank), "bank_used": str(bank.path), "bank_id": bank.manifest.bank_id, "bank_size": len(bank),
         "encoder": bank.encoder.describe(), "index": bank.manifest.index, "nprobe": args.nprobe,
@@ -249,64 +275,61 @@ def main() -> None:
         "protocols": {}, "rerank_k": args.rerank_k,
     }  # fmt: skip
     if args.only_cascades:  # heads and rerankers from the previous full run (its results file and RUN/heads)
-        result = {**json.loads(args.out.read_text()), "lanes": result["lanes"]}
-    else:
-        log("fitting alignment heads (train pairs, alpha on val)")
-        fit = fit_alignment(args.lvm, bank)
-        fit.save()
-        result["align"] = {
-            "val_hit@5": fit.val,
-            "sweep": fit.sweep,
-            "alpha": fit.heads["ridge"].provenance["alpha"],
-        }
-    window_ctx = max(run_budget(args.lvm)["ctx"], run_budget(args.twotower)["ctx"])
-    result["window_ctx"] = window_ctx
-    md = []
-    for protocol in args.protocols.split(","):
-        if args.only_cascades:
-            sec = result["protocols"][protocol]
-            rr = Reranker.load(args.lvm, bank, protocol)
-        else:
-            sec = {}
-            log(f"[{protocol}] heads beside the baselines")
-            sec["heads"] = heads_section(bank, protocol, fit, args.queries, args.nprobe)
-            log(f"[{protocol}] reranker")
-            rr = fit_reranker(
-                str(args.lvm), bank, protocol=protocol, retriever=str(args.twotower), k=args.rerank_k,
-                lanes=str(args.lanes) if args.lanes else None, max_train=args.rerank_train, max_val=1000,
-                max_test=args.queries, nprobe=args.nprobe,
-            )  # fmt: skip
-            rr.save(args.lvm)
-            sec["reranker"] = {"kind": rr.kind, "features": rr.spec.features, **rr.report}
-        rr_path = rr.path
-        md += [f"## Reranker, protocol {protocol}", "", format_report(rr), ""]
-        heuristic = [{"stage": "retrieve", "source": "baseline:exp_weighted", "k": 500},
-                     {"stage": "lvm_rerank", "run": "baseline:copy_last", "k": 10}]  # fmt: skip
-        model = [{"stage": "retrieve", "source": str(args.twotower), "k": 500},
-                 {"stage": "lvm_rerank", "run": str(args.lvm), "k": 50},
-                 {"stage": "reranker", "path": str(rr_path), "k": 10}]  # fmt: skip
-        cascades = [("heuristic", heuristic), ("model", model)]
-        if (
-            args.lanes
-        ):  # the reranker then the lane rerank, and the issue's order (LVM top 50 -> lanes top 10)
-            model.append({"stage": "lane_rerank", "lanes": str(args.lanes), "weight": 0.3, "k": 10})
-            cascades.append(("issue-order", [*model[:2], {**model[-1]}]))
-        sec["cascades"] = {}
-        for name, stages in cascades:
-            log(f"[{protocol}] cascade {name}")
-            cfg = cascade_config(
-                bank, name, protocol, stages, args.queries, args.nprobe, args.latency_n, window_ctx
-            )
-            o = evaluate_cascade(cfg, gates=args.gates, out=args.work / f"cascade-{name}-{protocol}")
-            sec["cascades"][name] = o.to_dict()
-            md += [format_cascade(o), ""]
-        result["protocols"][protocol] = sec
-        write_json(args.out, result)  # after every protocol: a long run keeps what it finished
-    result["wall_s"] = time.perf_counter() - t_start
-    write_json(args.out, result)
-    write_text(args.out.with_suffix(".md"), "\n".join(md))
-    write_text(args.out.with_name(args.out.stem + "_summary.md"), summary(result))
-    log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {result['wall_s']:.0f} s")
+        return {**json.loads(args.out.read_text()), "lanes": result["lanes"]}, None
+    log("fitting alignment heads (train pairs, alpha on val)")
+    fit = fit_alignment(args.lvm, bank)
+    fit.save()
+    result["align"] = {
+        "val_hit@5": fit.val,
+        "sweep": fit.sweep,
+        "alpha": fit.heads["ridge"].provenance["alpha"],
+    }
+    return result, fit
+
+
+def reranker_section(args, bank: VectorBank, fit, protocol: str, result: dict):
+    """(this protocol's section, its reranker): heads beside the baselines and a fitted reranker, or
+    (--only-cascades) the stored section and reranker."""
+    from lvmkit.heads.reranker import Reranker, fit_reranker
+
+    if args.only_cascades:
+        return result["protocols"][protocol], Reranker.load(args.lvm, bank, protocol)
+    log(f"[{protocol}] heads beside the baselines")
+    sec = {"heads": heads_section(bank, protocol, fit, args.queries, args.nprobe)}
+    log(f"[{protocol}] reranker")
+    rr = fit_reranker(
+        str(args.lvm), bank, protocol=protocol, retriever=str(args.twotower), k=args.rerank_k,
+        lanes=str(args.lanes) if args.lanes else None, max_train=args.rerank_train, max_val=1000,
+        max_test=args.queries, nprobe=args.nprobe,
+    )  # fmt: skip
+    rr.save(args.lvm)
+    sec["reranker"] = {"kind": rr.kind, "features": rr.spec.features, **rr.report}
+    return sec, rr
+
+
+def run_cascades(args, bank: VectorBank, protocol: str, rr_path, window_ctx: int, md: list[str]) -> dict:
+    """The heuristic and the model cascade (+ the lane orders with --lanes) under ``protocol``; tables go to md."""
+    from lvmkit.cascade.evaluate import evaluate_cascade, format_cascade
+
+    heuristic = [{"stage": "retrieve", "source": "baseline:exp_weighted", "k": 500},
+                 {"stage": "lvm_rerank", "run": "baseline:copy_last", "k": 10}]  # fmt: skip
+    model = [{"stage": "retrieve", "source": str(args.twotower), "k": 500},
+             {"stage": "lvm_rerank", "run": str(args.lvm), "k": 50},
+             {"stage": "reranker", "path": str(rr_path), "k": 10}]  # fmt: skip
+    cascades = [("heuristic", heuristic), ("model", model)]
+    if args.lanes:  # the reranker then the lane rerank, and the issue's order (LVM top 50 -> lanes top 10)
+        model.append({"stage": "lane_rerank", "lanes": str(args.lanes), "weight": 0.3, "k": 10})
+        cascades.append(("issue-order", [*model[:2], {**model[-1]}]))
+    out = {}
+    for name, stages in cascades:
+        log(f"[{protocol}] cascade {name}")
+        cfg = cascade_config(
+            bank, name, protocol, stages, args.queries, args.nprobe, args.latency_n, window_ctx
+        )
+        o = evaluate_cascade(cfg, gates=args.gates, out=args.work / f"cascade-{name}-{protocol}")
+        out[name] = o.to_dict()
+        md += [format_cascade(o), ""]
+    return out
 
 
 if __name__ == "__main__":
