@@ -180,3 +180,58 @@ def test_a_window_too_narrow_for_the_count_warns_and_still_mines():
     wide = Stage(3, 3, 4, 50.0, 99.0, pct=True)  # ~49 per query >= 4
     _, info = resolve(wide)
     assert info["in_window_per_query"] >= 4 and "warning" not in info
+
+
+# ------------------------------------------------------------------ per-query rank windows (8@r10-r50)
+def test_parse_rank_stages_round_trip_and_describe():
+    s = parse_schedule("1:none;2-3:8@r10-r50")
+    assert s.stages[1] == Stage(2, 3, 8, 10.0, 50.0, rank=True)
+    assert str(s) == "1:none;2-3:8@r10-r50" and parse_schedule(str(s)) == s
+    assert "safe neighbours ranked 10-50" in s.describe()
+    assert s.stages[1].candidates(4) == 100  # 2 x HI: the pool reaches rank HI after the drops
+    assert Stage(1, 1, 40, 1.0, 50.0, rank=True).candidates(4) == 160  # factor x count when larger
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("1:8@r0-r50", "whole numbers from 1"),
+        ("1:8@r2.5-r50", "whole numbers from 1"),
+        ("1:8@r50-r10", "is empty"),
+        ("1:8@r10-r14", "hold 5 neighbours, fewer than the 8 wanted"),
+        ("1:8@r10-p50", "both as ranks"),
+    ],
+)
+def test_bad_rank_stages_name_the_problem(text, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        parse_schedule(text)
+
+
+def brute_rank_negatives(bank, art, pos, q, lo, hi, count, near_dup=0.98):
+    """Each query's safe neighbours in score order (ties to the lower id), ranks lo..hi, the first count."""
+    out = []
+    for i in range(len(q)):
+        s = bank @ q[i]
+        safe = [
+            r
+            for r in np.argsort(-s, kind="stable")
+            if r != pos[i] and art[r] != art[pos[i]] and bank[r] @ bank[pos[i]] <= near_dup and s[r] <= near_dup
+        ]
+        out.append(safe[lo - 1 : hi][:count])
+    return out
+
+
+def test_a_rank_window_fills_every_pair_with_the_brute_force_negatives():
+    bank, art, pos, q, search = toy(seed=2)
+    stage = parse_schedule("1:6@r5-r20").stages[0]
+    _, info = resolve_stage(stage, q, pos, art, search, lambda r: bank[r], candidate_factor=4)
+    assert info["ranks"] == [5, 20] and info["candidates"] == 40
+    ids, stats = mine_negatives(
+        q, np.arange(len(q)), pos, art, search, lambda r: bank[r], stage.count, stage.lo, stage.hi,
+        candidates=info["candidates"], by_rank=True,
+    )  # fmt: skip
+    want = brute_rank_negatives(bank, art, pos, q, 5, 20, 6)
+    assert [list(row) for row in ids] == [list(w) for w in want]
+    assert stats["kept"] == 6 * len(q) and stats["padded"] == 0 and stats["missing"] == 0
+    line = format_mining_stats(stats)
+    assert "mined 6@r5-r20 for 30 pairs" in line and "kept 180" in line

@@ -266,6 +266,16 @@ def test_a_percentile_stage_logs_its_depth_pool_and_a_too_narrow_window(make_ban
     assert f"top-{PERCENTILE_DEPTH} safe neighbours" in infos[1]["mining"]
 
 
+def test_a_rank_stage_fills_every_pair_through_the_task(make_bank, tmp_path):
+    """mine_epoch passes a rank window through to the miner: every pair gets its count, the log says r-LO-HI."""
+    task, _, _, run = curriculum_task(make_bank, tmp_path, 2, "1:none;2:3@r2-r8")
+    info = task.on_epoch_start(2)
+    row = read_jsonl(run.root / "mining.jsonl")[0]
+    assert row["by_rank"] and row["ranks"] == [2, 8] and row["pool"] == max(16, 3 * task.tt.candidate_factor)
+    assert row["kept"] == 3 * len(task.train) and row["padded"] == 0, info
+    assert "mined 3@r2-r8" in info["mining"]
+
+
 # ---------------------------------------------------------------------------------------- abort rule
 @pytest.mark.parametrize(
     "values, rule, due",

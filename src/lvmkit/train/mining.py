@@ -21,7 +21,11 @@ a window at least as high. The pool of a percentile stage is then at least ``PER
 least ``factor x count`` (``Stage.candidates``; ``Stage.factor``: at least 2 x 100 / (HI - LO) candidates per
 wanted negative). When the reference puts on average fewer than ``count`` in-window neighbours per query,
 the window cannot fill the count: the stats carry a ``warning`` (wider window or smaller count), padding makes
-up the rest. Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
+up the rest. A global window cannot fill a per-query count: it holds many neighbours of queries in dense
+regions and none of others. ``COUNT@rLO-rHI`` (e.g. ``2-3:8@r10-r50``) is the per-query alternative: each
+query's safe neighbours ranked LO..HI (rank 1 = the nearest neighbour that passes the safety rules), the
+best-ranked COUNT of them; HI - LO + 1 >= COUNT, so every pair fills unless its pool runs out (the pool is at
+least 2 x HI deep, ``Stage.candidates``). Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
 trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply never runs). Every
 mistake is a ``ConfigError`` that quotes the stage. ``Schedule.describe()`` prints the plan epoch by epoch
 (``lvmkit diagnose data`` shows it through ``describe_schedule``).
@@ -70,7 +74,7 @@ RULES = ("positive", "same_article", "near_dup", "window")
 
 _STAGE = re.compile(r"^(?P<a>-?\d+)(?:-(?P<b>-?\d+))?:(?P<spec>.+)$")
 _SPEC = re.compile(
-    r"^(?P<n>-?\d+)@(?P<p>p?)(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<q>p?)(?P<hi>-?[0-9.]+(?:e-?\d+)?)$"
+    r"^(?P<n>-?\d+)@(?P<p>[pr]?)(?P<lo>-?[0-9.]+(?:e-?\d+)?)-(?P<q>[pr]?)(?P<hi>-?[0-9.]+(?:e-?\d+)?)$"
 )
 PERCENTILE_SAMPLE = 2000  # train queries whose neighbour cosines resolve a percentile window
 PERCENTILE_DEPTH = 100  # each sampled query's top-DEPTH safe neighbours: the one reference distribution
@@ -81,7 +85,8 @@ PERCENTILE_DEPTH = 100  # each sampled query's top-DEPTH safe neighbours: the on
 class Stage:
     """Epochs ``first..last`` (inclusive): ``count`` negatives per pair with cos(q, n) in [lo, hi].
     ``count == 0`` means no mining (lo and hi are then unused). ``pct``: lo and hi are percentiles (0-100)
-    of the query-neighbour cosines, turned into cosines by ``resolve``."""
+    of the query-neighbour cosines, turned into cosines by ``resolve``. ``rank``: lo and hi are ranks among
+    each query's own safe neighbours (1 = the nearest), applied per query by ``mine_negatives``."""
 
     first: int
     last: int
@@ -89,6 +94,7 @@ class Stage:
     lo: float = 0.0
     hi: float = 0.0
     pct: bool = False
+    rank: bool = False
 
     @property
     def mines(self) -> bool:
@@ -104,8 +110,11 @@ class Stage:
     def candidates(self, configured: int) -> int:
         """Candidates searched per query (the one place that decides the pool width): ``factor x count``,
         and for a percentile window at least ``PERCENTILE_DEPTH``, so the pool holds the whole reference
-        depth the window was resolved over."""
+        depth the window was resolved over; for a rank window at least 2 x HI, so that after the same-article
+        and other drops the pool still reaches rank HI."""
         width = self.factor(configured) * self.count
+        if self.rank:
+            return max(width, 2 * int(self.hi))
         return max(width, PERCENTILE_DEPTH) if self.pct else width
 
     def resolve(self, cosines: np.ndarray) -> Stage:
@@ -124,9 +133,10 @@ class Stage:
     def __str__(self) -> str:
         epochs = f"{self.first}" if self.first == self.last else f"{self.first}-{self.last}"
         p = "p" if self.pct else ""
-        spec = (
-            f"{self.count}@{p}{self.lo!r}-{p}{self.hi!r}" if self.mines else "none"
-        )  # repr: exact round trip
+        if self.rank:
+            spec = f"{self.count}@r{int(self.lo)}-r{int(self.hi)}"
+        else:  # repr: exact round trip
+            spec = f"{self.count}@{p}{self.lo!r}-{p}{self.hi!r}" if self.mines else "none"
         return f"{epochs}:{spec}"
 
 
@@ -182,6 +192,11 @@ class Schedule:
                 continue
             if not s.mines:
                 what = "in-batch and memory-bank negatives only (no mining)"
+            elif s.rank:
+                what = (
+                    f"{s.count} mined negatives per pair, the best-ranked among each query's safe neighbours ranked "
+                    f"{int(s.lo)}-{int(s.hi)} (1 = the nearest)"
+                )
             elif s.pct:
                 what = (
                     f"{s.count} mined negatives per pair, cos(q, n) between the p{s.lo:g} and p{s.hi:g} of the "
@@ -211,7 +226,8 @@ def parse_stage(text: str) -> Stage:
     if not m:
         raise ConfigError(
             f"mining schedule stage {stage!r} is not FIRST-LAST:none, FIRST-LAST:COUNT@LO-HI "
-            "(e.g. 6-10:8@0.82-0.92) or FIRST-LAST:COUNT@pLO-pHI (percentiles, e.g. 6-10:8@p90-p99)"
+            "(e.g. 6-10:8@0.82-0.92), FIRST-LAST:COUNT@pLO-pHI (percentiles, e.g. 6-10:8@p90-p99) or "
+            "FIRST-LAST:COUNT@rLO-rHI (per-query ranks, e.g. 6-10:8@r10-r50)"
         )
     first = int(m["a"])
     last = int(m["b"]) if m["b"] is not None else first
@@ -227,17 +243,20 @@ def parse_stage(text: str) -> Stage:
     s = _SPEC.match(spec)
     if not s:
         raise ConfigError(
-            f"mining schedule stage {stage!r}: {m['spec']!r} is not 'none', COUNT@LO-HI (e.g. 16@0.84-0.96) "
-            "or COUNT@pLO-pHI (e.g. 8@p90-p99)"
+            f"mining schedule stage {stage!r}: {m['spec']!r} is not 'none', COUNT@LO-HI (e.g. 16@0.84-0.96), "
+            "COUNT@pLO-pHI (e.g. 8@p90-p99) or COUNT@rLO-rHI (e.g. 8@r10-r50)"
         )
     count = int(s["n"])
     lo, hi = _number(s["lo"], "LO", stage), _number(s["hi"], "HI", stage)
     if count < 0:
         raise ConfigError(f"mining schedule stage {stage!r}: the negative count must be >= 0, got {count}")
-    if bool(s["p"]) != bool(s["q"]):
+    if s["p"] != s["q"]:
         raise ConfigError(
-            f"mining schedule stage {stage!r}: give both ends as percentiles (8@p90-p99) or both as cosines"
+            f"mining schedule stage {stage!r}: give both ends as percentiles (8@p90-p99), both as ranks "
+            "(8@r10-r50) or both as cosines"
         )
+    if s["p"] == "r":
+        return _rank_stage(stage, first, last, count, lo, hi)
     pct = bool(s["p"])
     if pct and not (0.0 <= lo <= 100.0 and 0.0 <= hi <= 100.0):
         raise ConfigError(
@@ -250,6 +269,23 @@ def parse_stage(text: str) -> Stage:
     if count == 0:
         return Stage(first, last)
     return Stage(first, last, count, lo, hi, pct)
+
+
+def _rank_stage(stage: str, first: int, last: int, count: int, lo: float, hi: float) -> Stage:
+    if lo != int(lo) or hi != int(hi) or lo < 1:
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: ranks are whole numbers from 1, got r{lo:g}-r{hi:g}"
+        )
+    if hi < lo:
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: the rank window r{lo:g}-r{hi:g} is empty (LO > HI)"
+        )
+    if hi - lo + 1 < count:
+        raise ConfigError(
+            f"mining schedule stage {stage!r}: ranks {lo:g}-{hi:g} hold {hi - lo + 1:g} neighbours, fewer than the "
+            f"{count} wanted; widen the window or lower the count"
+        )
+    return Stage(first, last, count, lo, hi, rank=True) if count else Stage(first, last)
 
 
 def parse_schedule(text: str | Schedule | None) -> Schedule:
@@ -393,6 +429,8 @@ def resolve_stage(stage: Stage, queries, positives, article_of_row, search, doc_
         "candidates": stage.candidates(candidate_factor),
         "candidate_factor": stage.factor(candidate_factor),
     }
+    if stage.rank and stage.mines:
+        info["ranks"] = [int(stage.lo), int(stage.hi)]
     if not stage.pct or not stage.mines:
         return stage, info
     cos = neighbour_cosines(
@@ -433,6 +471,7 @@ def mine_negatives(
     width: int | None = None,
     block: int = 1024,
     candidates: int | None = None,
+    by_rank: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Mine ``count`` negatives per query (see the module docstring for the rules).
 
@@ -445,7 +484,8 @@ def mine_negatives(
     doc_vectors    ``doc_vectors(rows) -> [len(rows), d]`` unit document vectors (for cos(pos, n))
     width          columns of the result (default ``count``; more columns are -1)
     candidates     candidates searched per query (default ``candidate_factor x count``; the trainer passes
-                   ``Stage.candidates``, deeper for a percentile window)
+                   ``Stage.candidates``, deeper for a percentile or rank window)
+    by_rank        ``lo`` and ``hi`` are ranks among each query's safe candidates (1 = the nearest), not cosines
 
     Returns (ids int64 [P, width], stats): stats count candidates dropped by each rule, negatives kept in
     the window, padded from outside it, and missing, and the mean cosine of the kept ones.
@@ -454,7 +494,7 @@ def mine_negatives(
     positives = np.asarray(positives, dtype=np.int64)
     P = len(queries)
     count, width = int(count), int(count if width is None else width)
-    _check_mining_args(P, pair_ids, positives, count, width, lo, hi)
+    _check_mining_args(P, pair_ids, positives, count, width, lo, hi, by_rank)
     k = int(candidates) if candidates is not None else candidate_factor * count
     out = np.full((P, width), -1, dtype=np.int64)
     dropped = dict.fromkeys(RULES, 0)
@@ -464,7 +504,9 @@ def mine_negatives(
         scores, ids = search(queries[s : s + block], k)
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
-        rules, good, spare = _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup, lo, hi)
+        rules, good, spare = _apply_rules(
+            ids, scores, pos, article_of_row, doc_vectors, near_dup, lo, hi, by_rank
+        )
         for name, m in zip(RULES, rules, strict=True):
             dropped[name] += int(m.sum())
         totals += _fill_rows(out[s : s + block], ids, scores, good, spare, count)
@@ -473,6 +515,7 @@ def mine_negatives(
         "pairs": P,
         "count": count,
         "window": [float(lo), float(hi)],
+        "by_rank": bool(by_rank),
         "candidates": int(P * k),
         "pool": int(k),
         "kept": int(kept),
@@ -484,20 +527,25 @@ def mine_negatives(
     return out, stats
 
 
-def _check_mining_args(P: int, pair_ids, positives, count: int, width: int, lo: float, hi: float) -> None:
+def _check_mining_args(P: int, pair_ids, positives, count: int, width: int, lo, hi, by_rank: bool) -> None:
     if count < 1:
         raise ConfigError(f"mine_negatives needs count >= 1, got {count}")
     if width < count:
         raise ConfigError(f"width={width} must be >= count={count}")
-    if not -1 <= lo < hi <= 1:
+    if by_rank and not 1 <= lo <= hi:
+        raise ConfigError(f"mining rank window {lo}-{hi} must satisfy 1 <= lo <= hi")
+    if not by_rank and not -1 <= lo < hi <= 1:
         raise ConfigError(f"mining window {lo}-{hi} must satisfy -1 <= lo < hi <= 1")
     if len(pair_ids) != P or len(positives) != P:
         raise ValueError(f"{P} queries but {len(pair_ids)} pair ids and {len(positives)} positives")
 
 
-def _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup: float, lo: float, hi: float):
+def _apply_rules(
+    ids, scores, pos, article_of_row, doc_vectors, near_dup: float, lo, hi, by_rank: bool = False
+):
     """The rule masks over [b, k] candidates (each candidate is charged to the first rule that drops it),
-    the candidates that pass every rule, and the spare ones (safe, outside the window: padding material)."""
+    the candidates that pass every rule, and the spare ones (safe, outside the window: padding material).
+    ``by_rank``: the window is ranks lo..hi among each row's safe candidates, in search order."""
     valid = ids >= 0
     safe = np.where(valid, ids, 0)
     r_pos = valid & (ids == pos[:, None])
@@ -508,7 +556,11 @@ def _apply_rules(ids, scores, pos, article_of_row, doc_vectors, near_dup: float,
     taken = r_pos | r_art
     r_dup = valid & ~taken & ((cos_pos > near_dup) | (scores > near_dup))
     taken |= r_dup
-    in_window = (scores >= lo) & (scores <= hi)
+    if by_rank:
+        safe_rank = np.cumsum(valid & ~taken, axis=1)  # 1-based rank of each safe candidate in its row
+        in_window = (safe_rank >= lo) & (safe_rank <= hi)
+    else:
+        in_window = (scores >= lo) & (scores <= hi)
     r_win = valid & ~taken & ~in_window
     good = valid & ~taken & in_window
     return (r_pos, r_art, r_dup, r_win), good, r_win
@@ -538,6 +590,7 @@ def format_mining_stats(stats: dict[str, Any]) -> str:
     for a percentile window, what it was resolved from and any warning)."""
     lo, hi = stats["window"]
     pct = stats.get("percentiles")
+    window = f"r{lo:.0f}-r{hi:.0f}" if stats.get("by_rank") else f"{lo:.4g}-{hi:.4g}"
     frm = ""
     if pct:
         depth = f" (top-{stats['depth']} safe neighbours)" if "depth" in stats else ""
@@ -545,7 +598,7 @@ def format_mining_stats(stats: dict[str, Any]) -> str:
     pool = f" from {stats['pool']} candidates each" if "pool" in stats else ""
     warning = f"; WARNING: {stats['warning']}" if stats.get("warning") else ""
     return (
-        f"mined {stats['count']}@{lo:.4g}-{hi:.4g}{frm} for {stats['pairs']} pairs{pool}: kept {stats['kept']}, "
+        f"mined {stats['count']}@{window}{frm} for {stats['pairs']} pairs{pool}: kept {stats['kept']}, "
         f"padded {stats['padded']}, missing {stats['missing']}; dropped positive {stats['dropped_positive']}, "
         f"same_article {stats['dropped_same_article']}, near_dup {stats['dropped_near_dup']}, "
         f"outside window {stats['dropped_window']}; mean cos of kept {stats['mean_cos_kept']:.4f}{warning}"

@@ -48,6 +48,7 @@ def mine_epoch(
         near_dup=near_dup,
         candidate_factor=resolved["candidate_factor"],
         candidates=resolved.pop("candidates"),
+        by_rank=stage.rank,
     )
     stats.update(resolved)
     mined_ids = pair_ids[mine_idx]
