@@ -204,3 +204,23 @@ def test_report_keeps_the_runs_queries(make_bank, tmp_path):
     run_eval(str(out), bank, latency_n=0, max_queries=5)
     r = load_run(out)
     assert r.metrics_source == out / "metrics.json" and r.metrics["n_queries"] > 5
+
+
+def test_numpy_scalars_in_a_checkpoint_still_load_with_weights_only(tmp_path):
+    """A mining statistic or a metric that is an np.float64 made the checkpoint unloadable (weights_only
+    refuses numpy types): save_checkpoint stores them as Python numbers, and leaves tensors alone."""
+    import numpy as np
+    import torch
+
+    from lvmkit.train.checkpoint import save_checkpoint
+
+    state = {
+        "modules": {"m": {"w": torch.arange(3.0)}},
+        "task": {"stats": {"mean": np.float64(0.5), "n": np.int64(7), "ok": np.bool_(True)}, "evals": [(1, np.float32(0.25))]},
+        "rng": (3, (1, 2), None),
+    }  # fmt: skip
+    save_checkpoint(tmp_path / "a.pt", state)
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert back["task"] == {"stats": {"mean": 0.5, "n": 7, "ok": True}, "evals": [(1, 0.25)]}
+    assert type(back["task"]["stats"]["mean"]) is float and type(back["task"]["stats"]["n"]) is int
+    assert back["rng"] == (3, (1, 2), None) and torch.equal(back["modules"]["m"]["w"], torch.arange(3.0))

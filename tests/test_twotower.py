@@ -274,6 +274,13 @@ def test_a_rank_stage_fills_every_pair_through_the_task(make_bank, tmp_path):
     assert row["by_rank"] and row["ranks"] == [2, 8] and row["pool"] == max(16, 3 * task.tt.candidate_factor)
     assert row["kept"] == 3 * len(task.train) and row["padded"] == 0, info
     assert "mined 3@r2-r8" in info["mining"]
+    # the task state after a mining epoch that kept negatives goes through a checkpoint (weights_only) intact
+    from lvmkit.train.checkpoint import save_checkpoint
+
+    save_checkpoint(run.root / "t.pt", {"task": task.state_dict()})
+    back = torch.load(run.root / "t.pt", weights_only=True)["task"]
+    assert back["negatives"]["stats"] == json.loads(json.dumps(task.store.stats))
+    np.testing.assert_array_equal(back["negatives"]["ids"].numpy(), task.store.ids)
 
 
 # ---------------------------------------------------------------------------------------- abort rule

@@ -10,7 +10,6 @@ import typer
 
 from lvmkit.cli.common import console, human_duration
 
-
 STEPS = 6  # ingest, index, search, train, evaluate, report
 
 

@@ -36,10 +36,24 @@ REQUIRED_KEYS = ("format", "modules", "model", "progress", "bank", "config")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (the old file stays valid until the new one is complete)."""
-    state = {"format": CHECKPOINT_FORMAT, **state}
+    """Write ``state`` to ``path`` atomically (the old file stays valid until the new one is complete).
+    numpy scalars anywhere in it (a metric, a mining statistic) are stored as Python numbers: ``weights_only``
+    loading refuses numpy types, so one np.float64 would make the checkpoint unloadable."""
+    state = _plain_scalars({"format": CHECKPOINT_FORMAT, **state})
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(state, tmp)
+
+
+def _plain_scalars(obj: Any) -> Any:
+    """``obj`` with every numpy scalar (np.float64, np.int64, np.bool_) in its dicts, lists and tuples replaced
+    by the Python number; tensors and everything else pass through unchanged."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain_scalars(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):  # exactly: a namedtuple passes through as it is
+        return type(obj)(_plain_scalars(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

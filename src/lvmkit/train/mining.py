@@ -521,7 +521,7 @@ def mine_negatives(
         "kept": int(kept),
         "padded": int(padded),
         "missing": int(missing),
-        "mean_cos_kept": float(cos_sum) / kept if kept else float("nan"),
+        "mean_cos_kept": float(cos_sum) / float(kept) if kept else float("nan"),
         **{f"dropped_{name}": v for name, v in dropped.items()},
     }
     return out, stats
