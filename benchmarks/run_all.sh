@@ -99,13 +99,24 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
   $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes 16000,64000,250000,1000000 \
       --ctxs "" --epochs 2 --max-eval-queries 500 --max-test-queries 1000 \
       --work benchmarks/work/scaling_big --out benchmarks/results/scaling_big.json
-  # ctx 100: amn, 100k windows (>= 20 real context chunks, left-padded) x 2 epochs; 5,000 test windows (time)
+  # ctx 100: amn, 100k windows (>= 20 real context chunks, left-padded) x 2 epochs; 10,000 test windows (session 6;
+  # session 4's table had 5,000, for time; the checkpoint and every setting are the same)
   $PY benchmarks/bench_lvm_quality.py --bank $BIG --ctx 100 --min-ctx 20 --models amn --epochs 2 \
-      --max-train-windows 100000 --max-eval-queries 1000 --max-test-queries 5000 --work $W "${SETS[@]}" \
+      --max-train-windows 100000 --max-eval-queries 1000 --max-test-queries 10000 --work $W "${SETS[@]}" \
       --out benchmarks/results/lvm_big_ctx100.json
   # two-tower: plain vs the percentile curriculum (windows calibrated to the encoder), kept counts in the JSON
   $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
       --schedule "1:none;2:8@p90-p99;3:16@p95-p99.5" --out benchmarks/results/twotower_big.json
+  # session 6: the plain recipe + in-article negatives (target+1, weight 0.2): twotower_big_inarticle.json. Its
+  # blend was tuned afresh on val pairs (w=0.2, alpha=0.3), so its anchor differs from the plain tower's
+  $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
+      --runs plain --inarticle-offsets 1 --inarticle-weight 0.2 --out benchmarks/results/twotower_big.json
+  # session 6: mining with per-query rank windows (every pair fills), beside the same plain tower (linked, so
+  # the table reuses its anchor and checkpoint)
+  mkdir -p benchmarks/work/twotower_big_rank
+  ln -sfn ../twotower_big/twotower_plain benchmarks/work/twotower_big_rank/twotower_plain
+  $PY benchmarks/bench_twotower.py $BIG --epochs 3 --max-train-pairs 6000 --test-queries 2000 --anchor blend \
+      --schedule "1:none;2-3:8@r10-r50" --out benchmarks/results/twotower_big_rank.json
   # scaling in context length (session 5): ctx 5 / 20 / 100 / 500 at 16k windows; blend tuned on 300 val windows
   $PY benchmarks/bench_scaling.py --bank $BIG --model amn "${SETS[@]}" --sizes "" --ctxs 5,20,100,500 \
       --ctx-train-windows 16000 --epochs 2 --max-eval-queries 300 --max-test-queries 1000 \
@@ -119,12 +130,21 @@ if step bigbank; then   # issue #10 on the >= 600k-chunk bank (session 4): ~75 m
       --set final_eval=false --set data.max_eval_queries=500 --set data.min_ctx=5 --set data.max_train_windows=250000 \
       "${CFG[@]}" --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05, inarticle_offsets: [1], inarticle_weight: 0.2}"
 fi
-if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, all on VAL (the test split is not read)
+if step biglevers; then   # sessions 5-6: more levers on the 901,739-chunk bank, all on VAL (the test split is not read)
   BIG=banks/enwiki8k; L=benchmarks/work/levers_big
   # (1) in-article negatives at 250k windows: the `detached $W/ctx5/amn_neg` run of the bigbank step above.
-  # (2) the LVM trained by the two-tower task (doc tower identity: its query tower IS an LVM), so it sees a
-  #     50,000-vector memory bank of negatives (mined negatives: the commented-out run below). amn, anchor mix at the
-  #     blend val chose for the ctx-5 table (w=0, alpha=0.5); 32,000 train windows x 3 epochs, best by val MRR@10.
+  # (2) other families and a wider amn, each beside the 250k-window amn of the size sweep: the same settings,
+  #     anchor started where that run's val tuning put it (w=0.2, alpha=0.2), 250k windows x 2 epochs
+  CFG=(--set model.delta=false --set model.kwargs.anchor=mix --set model.kwargs.anchor_w=0.2 --set model.kwargs.anchor_alpha=0.2
+       --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05}" --set optim.lr=0.0001 --set optim.warmup_steps=200
+       --set data.batch_size=256 --set early_stopping.from_start=false)
+  A=(--set bank=$BIG --set data.ctx=5 --set optim.epochs=2 --set final_eval=false --set data.max_eval_queries=500
+     --set data.min_ctx=5 --set data.max_train_windows=250000 "${CFG[@]}")
+  # session 6: a wider amn (hidden 512: 1,970,948 parameters against 986,628), the capacity lever
+  detached $L/amn_250k_h512 configs/amn.yaml "${A[@]}" --set model.kwargs.hidden=512
+  # (3) the LVM trained by the two-tower task (doc tower identity: its query tower IS an LVM), so it sees a
+  #     50,000-vector memory bank of negatives, then the same + mined negatives. amn, anchor mix at the blend val
+  #     chose for the ctx-5 table (w=0, alpha=0.5); 32,000 train windows x 3 epochs, best by val MRR@10.
   TL=(--set bank=$BIG --set data.ctx=5 --set data.min_ctx=5 --set data.batch_size=256
       --set data.max_train_windows=32000 --set data.max_eval_queries=1000 --set final_eval=false
       --set model.name=amn --set "model.kwargs={anchor: mix, anchor_w: 0.0, anchor_alpha: 0.5, hidden: 256, heads: 4, dropout: 0.1}"
@@ -132,24 +152,16 @@ if step biglevers; then   # session 5: more levers on the 901,739-chunk bank, al
       --set optim.lr=0.0001 --set optim.warmup_steps=200 --set optim.epochs=3
       --set early_stopping.metric=val_mrr@10 --set checkpoint_every_steps=100)
   detached $L/amn_tower_plain configs/twotower_plain.yaml "${TL[@]}"
-  # not run in session 5 (its two mining passes over 32k windows cost ~20 min of CPU): the same + mined negatives
-  #   detached $L/amn_tower_mined configs/twotower_plain.yaml "${TL[@]}" --set "twotower.schedule=1:none;2-3:8@p90-p99"
-  # (3) the other two families, each beside the 250k-window amn of the size sweep: the same
-  #     settings, anchor started where that run's val tuning put it (w=0.2, alpha=0.2), 250k windows x 2 epochs
-  CFG=(--set model.delta=false --set model.kwargs.anchor=mix --set model.kwargs.anchor_w=0.2 --set model.kwargs.anchor_alpha=0.2
-       --set "loss={cos: 0.1, infonce: 1.0, tau: 0.05}" --set optim.lr=0.0001 --set optim.warmup_steps=200
-       --set data.batch_size=256 --set early_stopping.from_start=false)
-  A=(--set bank=$BIG --set data.ctx=5 --set optim.epochs=2 --set final_eval=false --set data.max_eval_queries=500
-     --set data.min_ctx=5 --set data.max_train_windows=250000 "${CFG[@]}")
-  for m in gru mamba; do detached $L/${m}_250k configs/$m.yaml "${A[@]}"; done   # session 5 stopped mamba after epoch 1 (time)
-  # not run in session 5 (time): a wider amn, the capacity lever
-  #   detached $L/amn_250k_h512 configs/amn.yaml "${A[@]}" --set model.kwargs.hidden=512
+  # session 6: + mined negatives (percentile windows over the fixed top-100 reference; two mining passes)
+  detached $L/amn_tower_mined configs/twotower_plain.yaml "${TL[@]}" --set "twotower.schedule=1:none;2-3:8@p90-p99"
+  # gru and mamba (session 5 stopped mamba after epoch 1 for time; session 6 resumed it)
+  for m in gru mamba; do detached $L/${m}_250k configs/$m.yaml "${A[@]}"; done
   # all of them beside every baseline on 1,000 val windows (the ctx-5 table run's val sample; paired CIs)
   W=benchmarks/work/lvm_big
   $PY benchmarks/bench_levers.py --bank $BIG --models "" --run amn_701k=$W/ctx5/amn \
-      --run amn_250k=benchmarks/work/scaling_big/ctx5-n250000 --run amn_250k_inarticle=$W/ctx5/amn_neg \
-      --run gru_250k=$L/gru_250k --run mamba_250k=$L/mamba_250k \
-      --run amn_tower_memory=$L/amn_tower_plain --max-queries 1000 \
+      --run amn_250k=benchmarks/work/scaling_big/ctx5-n250000 --run amn_250k_h512=$L/amn_250k_h512 \
+      --run amn_250k_inarticle=$W/ctx5/amn_neg --run gru_250k=$L/gru_250k --run mamba_250k=$L/mamba_250k \
+      --run amn_tower_memory=$L/amn_tower_plain --run amn_tower_mined=$L/amn_tower_mined --max-queries 1000 \
       --out benchmarks/results/levers_big_ctx5.json
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
