@@ -224,3 +224,16 @@ def test_numpy_scalars_in_a_checkpoint_still_load_with_weights_only(tmp_path):
     assert back["task"] == {"stats": {"mean": 0.5, "n": 7, "ok": True}, "evals": [(1, 0.25)]}
     assert type(back["task"]["stats"]["mean"]) is float and type(back["task"]["stats"]["n"]) is int
     assert back["rng"] == (3, (1, 2), None) and torch.equal(back["modules"]["m"]["w"], torch.arange(3.0))
+
+
+def test_an_old_checkpoint_with_a_numpy_scalar_names_the_cause_and_the_fix(tmp_path):
+    import numpy as np
+    import torch
+
+    from lvmkit.errors import ArtifactError
+
+    torch.save(
+        {"format": 1, "task": {"mean_cos_kept": np.float64(0.6)}}, tmp_path / "old.pt"
+    )  # before the fix
+    with pytest.raises(ArtifactError, match="holds a numpy scalar.*save_checkpoint"):
+        load_checkpoint(tmp_path / "old.pt")

@@ -66,6 +66,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (
         Exception
     ) as e:  # truncated file, foreign pickle, ...: torch's own advice (weights_only=False) is unsafe
+        if "numpy" in str(e):  # a numpy scalar: what two-tower runs wrote after a mining epoch before the fix
+            raise ArtifactError(
+                f"{path} holds a numpy scalar, which torch.load(weights_only=True) refuses; lvmkit wrote such "
+                "checkpoints after a mining epoch until 2026-12-03. If you made this file yourself, load it "
+                "once with torch.load(path, weights_only=False) and write it again with "
+                "lvmkit.train.checkpoint.save_checkpoint (which stores plain numbers); otherwise retrain the run"
+            ) from None
         raise ArtifactError(
             f"{path} is damaged or not an lvmkit checkpoint ({path.stat().st_size:,} bytes; torch.load failed "
             f"with {type(e).__name__}); it cannot be used"
