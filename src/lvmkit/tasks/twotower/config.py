@@ -67,7 +67,11 @@ class TwoTowerConfig(_Section):
     inarticle_weight: float = Field(
         1.0, gt=0, description="each in-article negative counts as this many negatives (logit + log w)"
     )
-    schedule: str = Field("none", description="hard-negative curriculum, e.g. 0-5:none;6-30:8@0.82-0.92")
+    schedule: str = Field(
+        "none",
+        description="hard-negative curriculum: cosine windows (0-5:none;6-30:8@0.82-0.92), percentile windows "
+        "(6-30:8@p90-p99) or per-query rank windows (6-30:8@r10-r50)",
+    )
     candidate_factor: int = Field(4, ge=1, description="mining looks at factor x count candidates per pair")
     mining_batch: int = Field(512, ge=1, description="queries encoded at once when mining")
     gradcache_chunk: int | None = Field(None, ge=1, description="query sub-batch for GradCache; None = off")
