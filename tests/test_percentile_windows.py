@@ -215,7 +215,10 @@ def brute_rank_negatives(bank, art, pos, q, lo, hi, count, near_dup=0.98):
         safe = [
             r
             for r in np.argsort(-s, kind="stable")
-            if r != pos[i] and art[r] != art[pos[i]] and bank[r] @ bank[pos[i]] <= near_dup and s[r] <= near_dup
+            if r != pos[i]
+            and art[r] != art[pos[i]]
+            and bank[r] @ bank[pos[i]] <= near_dup
+            and s[r] <= near_dup
         ]
         out.append(safe[lo - 1 : hi][:count])
     return out
