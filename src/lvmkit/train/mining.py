@@ -25,8 +25,9 @@ up the rest. A global window cannot fill a per-query count: it holds many neighb
 regions and none of others. ``COUNT@rLO-rHI`` (e.g. ``2-3:8@r10-r50``) is the per-query alternative: each
 query's safe neighbours ranked LO..HI (rank 1 = the nearest neighbour that passes the safety rules), the
 best-ranked COUNT of them; HI - LO + 1 >= COUNT, so every pair fills unless its pool runs out (the pool is at
-least 2 x HI deep, ``Stage.candidates``). Stages must be in order, without overlaps or gaps, and start at epoch 0 or 1 (the
-trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply never runs). Every
+least 2 x HI deep, ``Stage.candidates``). Stages must be in order, without overlaps or gaps, and start at
+epoch 0 or 1 (the trainer counts epochs from 1; a stage starting at 0 reads naturally and epoch 0 simply
+never runs). Every
 mistake is a ``ConfigError`` that quotes the stage. ``Schedule.describe()`` prints the plan epoch by epoch
 (``lvmkit diagnose data`` shows it through ``describe_schedule``).
 
@@ -39,14 +40,14 @@ Mining (ANCE-style refresh)
 At the start of every epoch whose stage asks for negatives, the trainer re-encodes every training query
 with the *current* query tower and calls ``mine_negatives``. For each pair it searches the document space
 for the top ``Stage.candidates`` candidates (``candidate_factor x count``, default 4 x count; deeper for a
-percentile window, see above) and walks them best first, dropping, in this order (each drop is
+percentile or rank window, see above) and walks them best first, dropping, in this order (each drop is
 counted under its rule):
 
     positive      the pair's own target chunk
     same_article  any chunk of the query's own article (its context, its neighbours)
     near_dup      near-duplicates: cos(pos, n) > 0.98 (a paraphrase of the answer is not a negative)
                   or cos(q, n) > 0.98 (a copy of the query)
-    window        cos(q, n) outside [LO, HI]
+    window        cos(q, n) outside [LO, HI]; for a rank stage, a safe rank outside LO..HI
 
 The first ``count`` survivors are the negatives. A pair with fewer survivors is padded with the best
 candidates that passed every rule except the window (never with a false negative); what is still missing
