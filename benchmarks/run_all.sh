@@ -163,6 +163,10 @@ if step biglevers; then   # sessions 5-6: more levers on the 901,739-chunk bank,
       --run amn_250k_inarticle=$W/ctx5/amn_neg --run gru_250k=$L/gru_250k --run mamba_250k=$L/mamba_250k \
       --run amn_tower_memory=$L/amn_tower_plain --run amn_tower_mined=$L/amn_tower_mined --max-queries 1000 \
       --out benchmarks/results/levers_big_ctx5.json
+  # session 6: memory_gru at the same budget (250k windows x 2), beside amn_250k on the same 1,000 val windows
+  detached $L/memory_gru_250k configs/memory_gru.yaml "${A[@]}"
+  $PY benchmarks/bench_levers.py --bank $BIG --models "" --run amn_250k=benchmarks/work/scaling_big/ctx5-n250000 \
+      --run memory_gru_250k=$L/memory_gru_250k --max-queries 1000 --out benchmarks/results/levers_big_memory_gru.json
 fi
 if step report; then $PY benchmarks/render_report.py --smoke; fi
 if step cascade; then   # two small runs on the bank (budgets in README), then heads, reranker and cascades, both protocols
